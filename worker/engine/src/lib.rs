@@ -1,0 +1,18 @@
+//! inpaint-engine: Stable Diffusion 1.5 inpainting on libtorch through `tch`.
+//!
+//! This is the only crate of the workspace that links libtorch; the queue, storage and plugin
+//! crates build without it.
+//!
+//! Layout:
+//! - [`device`]: [`DeviceSpec`] (`auto`, `cpu`, `cuda`, `cuda:N`) and [`Precision`], resolved
+//!   against the machine at start-up.
+//! - [`image_tensor`]: images to and from tensors, with diffusers' exact arithmetic
+//!   (`x / 255 * 2 - 1` in, `round(clamp(x / 2 + 0.5, 0, 1) * 255)` out).
+
+pub mod device;
+pub mod error;
+pub mod image_tensor;
+
+pub use device::{DeviceSpec, Precision};
+pub use error::EngineError;
+pub use tch;
