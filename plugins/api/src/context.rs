@@ -1,0 +1,131 @@
+//! What a stage sees: the job's context before inference and each composited output image.
+
+use std::collections::BTreeMap;
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The part of a job that stages look at and may change before inference.
+///
+/// The prompt fields are user text: stages must never copy them into logs, audit entries,
+/// block reasons or metadata that leaves the worker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobContext {
+    /// The job's id, as carried in the job message.
+    pub job_id: Uuid,
+    /// The positive prompt, as given (possibly rewritten by an earlier stage).
+    pub prompt: String,
+    /// The negative prompt, if any (stages may append to it or force one).
+    pub negative_prompt: Option<String>,
+    /// Engine parameters (steps, guidance, size, scheduler, ...) as a JSON object. Kept as JSON
+    /// rather than a struct so that this crate does not mirror the job schema: stages that need
+    /// a parameter read it by name and treat a missing one as "unknown".
+    pub params: serde_json::Value,
+    /// Free-form job metadata (from the job message and added by stages); sorted, so audit
+    /// output and provenance are deterministic.
+    pub metadata: BTreeMap<String, String>,
+    /// True when the job has no input image to inpaint (text-only request), so stages that
+    /// inspect the input image have nothing to look at.
+    pub text_only: bool,
+    /// Scores and other reports that stages attached before inference.
+    pub reports: Vec<StageReport>,
+}
+
+impl JobContext {
+    /// A context with the given id and prompt and everything else empty.
+    pub fn new(job_id: Uuid, prompt: impl Into<String>) -> Self {
+        Self {
+            job_id,
+            prompt: prompt.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// One composited output image on its way out of the worker.
+///
+/// (This is the "artifact" of the stage API: the only kind of artifact the worker produces.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputImage {
+    /// Position of this image in the job's batch (0-based).
+    pub index: u32,
+    /// Seed that produced this image.
+    pub seed: u64,
+    /// The pixels, 8-bit RGB.
+    pub image: RgbImage,
+    /// Key/value pairs that end up in provenance and in the job result, in insertion order.
+    pub metadata: Vec<MetadataEntry>,
+    /// Per-stage reports (safety scores, watermark bit error rate, ...).
+    pub reports: Vec<StageReport>,
+}
+
+impl OutputImage {
+    /// An output image without metadata or reports.
+    pub fn new(index: u32, seed: u64, image: RgbImage) -> Self {
+        Self {
+            index,
+            seed,
+            image,
+            metadata: Vec::new(),
+            reports: Vec::new(),
+        }
+    }
+
+    /// The last value recorded for `key`, if any.
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .rev()
+            .find(|entry| entry.key == key)
+            .map(|entry| entry.value.as_str())
+    }
+}
+
+/// A key/value pair that a stage added to an output image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataEntry {
+    /// Name of the stage that added it.
+    pub stage: String,
+    /// The key, e.g. `watermark.payload`.
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+/// Scores a stage computed (for example per-concept safety scores).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    /// Name of the stage that reported.
+    pub stage: String,
+    /// Score name to value.
+    pub scores: BTreeMap<String, f32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_value_returns_the_latest_entry() {
+        let mut out = OutputImage::new(0, 1, RgbImage::new(1, 1));
+        for value in ["a", "b"] {
+            out.metadata.push(MetadataEntry {
+                stage: "s".into(),
+                key: "k".into(),
+                value: value.into(),
+            });
+        }
+        assert_eq!(out.metadata_value("k"), Some("b"));
+        assert_eq!(out.metadata_value("missing"), None);
+    }
+
+    #[test]
+    fn context_round_trips_through_json() {
+        let mut ctx = JobContext::new(Uuid::nil(), "a lighthouse at dusk");
+        ctx.params = serde_json::json!({"steps": 30});
+        let json = serde_json::to_string(&ctx).expect("serialize");
+        let back: JobContext = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, ctx);
+    }
+}
