@@ -22,21 +22,40 @@ async fn put_get_head_round_trip_on_garage() {
     assert_eq!(got.bytes, body);
     assert_eq!(got.content_type.as_deref(), Some("image/png"));
 
-    let limited = storage.get(&object, Some(1000)).await.expect_err("over the limit");
-    assert!(matches!(limited, StorageError::TooLarge { size: 70_000, limit: 1000, .. }));
+    let limited = storage
+        .get(&object, Some(1000))
+        .await
+        .expect_err("over the limit");
+    assert!(matches!(
+        limited,
+        StorageError::TooLarge {
+            size: 70_000,
+            limit: 1000,
+            ..
+        }
+    ));
 }
 
 #[tokio::test]
 async fn missing_objects_and_buckets_are_permanent_errors() {
     let storage = s3_config().build().expect("build S3 store");
     let missing = ObjectRef::new(bucket(), "e2e/does-not-exist.png").expect("valid ref");
-    let err = storage.get(&missing, None).await.expect_err("missing object");
+    let err = storage
+        .get(&missing, None)
+        .await
+        .expect_err("missing object");
     assert!(matches!(err, StorageError::NotFound { .. }), "{err:?}");
     assert!(!err.is_transient());
 
     let no_bucket = ObjectRef::new("no-such-bucket-e2e", "k.png").expect("valid ref");
-    let err = storage.get(&no_bucket, None).await.expect_err("missing bucket");
-    assert!(!err.is_transient(), "a missing bucket is not worth retrying: {err:?}");
+    let err = storage
+        .get(&no_bucket, None)
+        .await
+        .expect_err("missing bucket");
+    assert!(
+        !err.is_transient(),
+        "a missing bucket is not worth retrying: {err:?}"
+    );
 }
 
 #[tokio::test]
@@ -51,5 +70,8 @@ async fn wrong_credentials_are_refused() {
         .put(&object, Bytes::from_static(b"x"), &PutRequest::default())
         .await
         .expect_err("bad signature");
-    assert!(!err.is_transient(), "bad credentials are not worth retrying: {err:?}");
+    assert!(
+        !err.is_transient(),
+        "bad credentials are not worth retrying: {err:?}"
+    );
 }

@@ -1,6 +1,6 @@
 //! `inpaint-worker smoke` against the real services: RabbitMQ, Garage and libtorch on CPU.
 
-use inpaint_e2e::{bucket, broker_config, s3_config};
+use inpaint_e2e::{broker_config, bucket, s3_config};
 use inpaint_engine::DeviceSpec;
 use inpaint_storage::ObjectRef;
 use inpaint_worker::smoke::{SmokeSettings, run_smoke};

@@ -8,6 +8,8 @@
 #   ops/dev/services.sh down [NAME...]  stop the named services (default: both), if this project
 #                                started them
 #   ops/dev/services.sh status
+#   ops/dev/services.sh env      print the dev S3 credentials as shell exports
+#   ops/dev/services.sh install  install both without starting them
 #
 # Idempotent. Data lives in the git-ignored .dev/ folder. Garage's binary is installed once into
 # ~/.cargo/bin (cargo install takes about 9 minutes on 2 cores) and reused by every clone.
@@ -50,7 +52,7 @@ rabbitmq_up() {
 garage_bin() {
   local bin
   for bin in "$(command -v garage || true)" "$HOME/.cargo/bin/garage"; do
-    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$GARAGE_VERSION"; then
+    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -qE "[v:]$GARAGE_VERSION( |$)"; then
       echo "$bin"; return 0
     fi
   done
@@ -90,12 +92,7 @@ TOML
     > "$dev/garage/garage.log" 2>&1 &
   echo $! > "$dev/garage/pid"
   wait_port 3900 60 garage || { tail -20 "$dev/garage/garage.log" >&2; return 1; }
-  # The key and bucket are created just after the port opens; wait for the log line.
-  local i
-  for ((i = 0; i < 120; i++)); do
-    grep -q "inpaint-dev\|default bucket" "$dev/garage/garage.log" 2>/dev/null && break
-    sleep 0.25
-  done
+  # Garage creates the default key and bucket before it opens the S3 port: it is ready now.
   echo garage
 }
 
@@ -127,6 +124,9 @@ case "${1:-}" in
     for pair in rabbitmq:5672 garage:3900; do
       if listening "${pair#*:}"; then echo "${pair%%:*}: up on ${pair#*:}"; else echo "${pair%%:*}: down"; fi
     done ;;
+  env) # the dev credentials, for eval "$(ops/dev/services.sh env)"
+    printf 'export AWS_ACCESS_KEY_ID=%s AWS_SECRET_ACCESS_KEY=%s AWS_REGION=garage\n' \
+      "$GARAGE_DEFAULT_ACCESS_KEY" "$GARAGE_DEFAULT_SECRET_KEY" ;;
   install) garage_install; command -v rabbitmq-server >/dev/null || { apt-get update -qq && apt-get install -y -qq rabbitmq-server; } ;;
-  *) echo "usage: $0 up|down [rabbitmq|garage...]|status|install" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down [rabbitmq|garage...]|status|env|install" >&2; exit 2 ;;
 esac

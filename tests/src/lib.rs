@@ -23,7 +23,10 @@ fn env_or(name: &str, default: &str) -> String {
 /// The broker under test: `INPAINT_TEST_AMQP_URL`, default the local RabbitMQ.
 pub fn broker_config() -> BrokerConfig {
     BrokerConfig {
-        url: env_or("INPAINT_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+        url: env_or(
+            "INPAINT_TEST_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        ),
         connection_name: "inpaint-e2e".into(),
     }
 }

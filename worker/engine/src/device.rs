@@ -23,7 +23,11 @@ pub enum DeviceSpec {
 impl DeviceSpec {
     /// The concrete device on this machine, or an error naming what is missing.
     pub fn resolve(self) -> Result<tch::Device, EngineError> {
-        let available = if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
+        let available = if tch::Cuda::is_available() {
+            tch::Cuda::device_count()
+        } else {
+            0
+        };
         let available = usize::try_from(available).unwrap_or(0);
         match self {
             Self::Auto if available > 0 => Ok(tch::Device::Cuda(0)),
@@ -69,7 +73,9 @@ impl Serialize for DeviceSpec {
 
 impl<'de> Deserialize<'de> for DeviceSpec {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -119,10 +125,17 @@ mod tests {
         assert_eq!("auto".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Auto));
         assert_eq!("CPU".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cpu));
         assert_eq!("cuda".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cuda(0)));
-        assert_eq!("cuda:3".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cuda(3)));
+        assert_eq!(
+            "cuda:3".parse::<DeviceSpec>().ok(),
+            Some(DeviceSpec::Cuda(3))
+        );
         for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
             let err = bad.parse::<DeviceSpec>().expect_err(bad);
-            assert!(err.to_string().contains("expected auto, cpu, cuda or cuda:N"), "{err}");
+            assert!(
+                err.to_string()
+                    .contains("expected auto, cpu, cuda or cuda:N"),
+                "{err}"
+            );
         }
         assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
     }
@@ -133,7 +146,10 @@ mod tests {
         let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
         let beyond = DeviceSpec::Cuda(count);
         let err = beyond.resolve().expect_err("device past the last one");
-        assert!(err.to_string().contains(&format!("cuda:{count} requested")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("cuda:{count} requested")),
+            "{err}"
+        );
         let auto = DeviceSpec::Auto.resolve().expect("auto always resolves");
         assert_eq!(auto.is_cuda(), count > 0);
     }
@@ -141,7 +157,10 @@ mod tests {
     #[test]
     fn parses_precisions() {
         assert_eq!("fp16".parse::<Precision>().ok(), Some(Precision::F16));
-        assert_eq!("bf16".parse::<Precision>().ok().map(Precision::kind), Some(tch::Kind::BFloat16));
+        assert_eq!(
+            "bf16".parse::<Precision>().ok().map(Precision::kind),
+            Some(tch::Kind::BFloat16)
+        );
         assert!("f8".parse::<Precision>().is_err());
     }
 }

@@ -11,7 +11,9 @@ use crate::EngineError;
 pub fn rgb_to_tensor(image: &RgbImage, device: Device) -> Result<Tensor, EngineError> {
     let (width, height) = image.dimensions();
     if width == 0 || height == 0 {
-        return Err(EngineError::InvalidInput(format!("image is {width}x{height}")));
+        return Err(EngineError::InvalidInput(format!(
+            "image is {width}x{height}"
+        )));
     }
     let pixels = Tensor::f_from_slice(image.as_raw())?;
     let chw = pixels
@@ -44,9 +46,8 @@ pub fn tensor_to_rgb(images: &Tensor) -> Result<Vec<RgbImage>, EngineError> {
         .f_permute([0, 2, 3, 1])?
         .f_contiguous()?
         .f_to_device(Device::Cpu)?;
-    let to_u32 = |v: i64| {
-        u32::try_from(v).map_err(|_| EngineError::InvalidInput(format!("dimension {v}")))
-    };
+    let to_u32 =
+        |v: i64| u32::try_from(v).map_err(|_| EngineError::InvalidInput(format!("dimension {v}")));
     let (width, height) = (to_u32(width)?, to_u32(height)?);
     (0..count)
         .map(|index| {
@@ -65,7 +66,11 @@ mod tests {
 
     fn gradient(width: u32, height: u32) -> RgbImage {
         RgbImage::from_fn(width, height, |x, y| {
-            image::Rgb([(x * 7 % 256) as u8, (y * 13 % 256) as u8, ((x + y) % 256) as u8])
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 13 % 256) as u8,
+                ((x + y) % 256) as u8,
+            ])
         })
     }
 

@@ -1,9 +1,9 @@
 //! [`Broker`] (one connection), [`Publisher`] (confirmed publishing) and consuming.
 
+use lapin::Confirmation;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
-use lapin::Confirmation;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 
@@ -18,11 +18,14 @@ pub struct Broker {
 impl BrokerConfig {
     /// Connects to the broker.
     pub async fn connect(&self) -> Result<Broker, QueueError> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(self.connection_name.clone().into());
-        let connection = Connection::connect(&self.url, properties).await.map_err(|source| {
-            QueueError::Amqp { operation: "connecting to the broker", source }
-        })?;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.connection_name.clone().into());
+        let connection = Connection::connect(&self.url, properties)
+            .await
+            .map_err(|source| QueueError::Amqp {
+                operation: "connecting to the broker",
+                source,
+            })?;
         tracing::debug!(url = %self.redacted_url(), "connected to the broker");
         Ok(Broker { connection })
     }
@@ -31,7 +34,10 @@ impl BrokerConfig {
 impl Broker {
     /// A plain channel, for declaring topology or consuming.
     pub async fn channel(&self) -> Result<Channel, QueueError> {
-        self.connection.create_channel().await.map_err(QueueError::amqp("opening a channel"))
+        self.connection
+            .create_channel()
+            .await
+            .map_err(QueueError::amqp("opening a channel"))
     }
 
     /// A channel in publisher-confirm mode.
@@ -101,7 +107,10 @@ impl Publisher {
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 payload,
                 properties,
             )
@@ -114,11 +123,17 @@ impl Publisher {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_returned)) => {
                 let (exchange, routing_key) = names();
-                Err(QueueError::Unroutable { exchange, routing_key })
+                Err(QueueError::Unroutable {
+                    exchange,
+                    routing_key,
+                })
             }
             Confirmation::Nack(_) => {
                 let (exchange, routing_key) = names();
-                Err(QueueError::Nacked { exchange, routing_key })
+                Err(QueueError::Nacked {
+                    exchange,
+                    routing_key,
+                })
             }
             Confirmation::NotRequested => Err(QueueError::Config(
                 "publisher channel is not in confirm mode".into(),

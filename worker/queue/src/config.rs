@@ -29,7 +29,11 @@ impl BrokerConfig {
             (Some(scheme_end), Some(at)) if at > scheme_end => {
                 let userinfo = &self.url[scheme_end + 3..at];
                 let user = userinfo.split(':').next().unwrap_or_default();
-                format!("{}{user}:***{}", &self.url[..scheme_end + 3], &self.url[at..])
+                format!(
+                    "{}{user}:***{}",
+                    &self.url[..scheme_end + 3],
+                    &self.url[at..]
+                )
             }
             _ => self.url.clone(),
         }
@@ -47,8 +51,10 @@ mod tests {
             ..BrokerConfig::default()
         };
         assert_eq!(config.redacted_url(), "amqp://worker:***@rabbit:5672/%2f");
-        let no_credentials =
-            BrokerConfig { url: "amqp://rabbit/%2f".into(), ..BrokerConfig::default() };
+        let no_credentials = BrokerConfig {
+            url: "amqp://rabbit/%2f".into(),
+            ..BrokerConfig::default()
+        };
         assert_eq!(no_credentials.redacted_url(), "amqp://rabbit/%2f");
     }
 

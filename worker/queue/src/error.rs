@@ -14,11 +14,19 @@ pub enum QueueError {
         source: lapin::Error,
     },
     /// The broker refused responsibility for a published message (basic.nack).
-    #[error("broker nacked the message published to exchange {exchange:?} with key {routing_key:?}")]
-    Nacked { exchange: String, routing_key: String },
+    #[error(
+        "broker nacked the message published to exchange {exchange:?} with key {routing_key:?}"
+    )]
+    Nacked {
+        exchange: String,
+        routing_key: String,
+    },
     /// A mandatory message matched no queue and came back.
     #[error("message published to exchange {exchange:?} with key {routing_key:?} reached no queue")]
-    Unroutable { exchange: String, routing_key: String },
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
 }
 
 impl QueueError {

@@ -18,10 +18,18 @@ enum Command {
     /// One round trip through RabbitMQ, S3 and libtorch, to check a deployment.
     Smoke {
         /// AMQP URL of the broker.
-        #[arg(long, env = "INPAINT_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        #[arg(
+            long,
+            env = "INPAINT_AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        )]
         amqp_url: String,
         /// S3 endpoint URL; credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
-        #[arg(long, env = "INPAINT_S3_ENDPOINT", default_value = "http://127.0.0.1:3900")]
+        #[arg(
+            long,
+            env = "INPAINT_S3_ENDPOINT",
+            default_value = "http://127.0.0.1:3900"
+        )]
         s3_endpoint: String,
         /// S3 region.
         #[arg(long, env = "INPAINT_S3_REGION", default_value = "garage")]
@@ -39,15 +47,23 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Smoke { amqp_url, s3_endpoint, s3_region, bucket, device } => {
+        Command::Smoke {
+            amqp_url,
+            s3_endpoint,
+            s3_region,
+            bucket,
+            device,
+        } => {
             let settings = SmokeSettings {
-                broker: BrokerConfig { url: amqp_url, ..BrokerConfig::default() },
+                broker: BrokerConfig {
+                    url: amqp_url,
+                    ..BrokerConfig::default()
+                },
                 storage: StorageConfig::S3(S3Config {
                     allow_http: s3_endpoint.starts_with("http://"),
                     endpoint: Some(s3_endpoint),

@@ -11,10 +11,10 @@ use futures::StreamExt;
 use image::{ImageFormat, RgbImage};
 use inpaint_engine::tch::Device;
 use inpaint_engine::{DeviceSpec, image_tensor};
+use inpaint_queue::BrokerConfig;
+use inpaint_queue::lapin::BasicProperties;
 use inpaint_queue::lapin::options::{BasicAckOptions, QueueDeclareOptions};
 use inpaint_queue::lapin::types::FieldTable;
-use inpaint_queue::lapin::BasicProperties;
-use inpaint_queue::BrokerConfig;
 use inpaint_storage::{ObjectRef, PutRequest, StorageConfig};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -79,9 +79,17 @@ pub async fn run_smoke(settings: &SmokeSettings) -> anyhow::Result<SmokeReport> 
     let input = ObjectRef::new(&settings.bucket, format!("smoke/{job_id}/input.png"))?;
     let output = ObjectRef::new(&settings.bucket, format!("smoke/{job_id}/output.png"))?;
 
-    let image = RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 128]));
-    let png = PutRequest { content_type: Some("image/png".into()), metadata: vec![] };
-    storage.put(&input, png_bytes(&image)?, &png).await.context("writing the input image")?;
+    let image = RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, 128])
+    });
+    let png = PutRequest {
+        content_type: Some("image/png".into()),
+        metadata: vec![],
+    };
+    storage
+        .put(&input, png_bytes(&image)?, &png)
+        .await
+        .context("writing the input image")?;
 
     // A server-named, exclusive queue: the smoke run never touches real job queues.
     let publisher = broker.publisher().await?;
@@ -89,17 +97,27 @@ pub async fn run_smoke(settings: &SmokeSettings) -> anyhow::Result<SmokeReport> 
         .channel()
         .queue_declare(
             "".into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
         .context("declaring the smoke queue")?;
     let queue_name = queue.name().to_string();
-    let job = SmokeJob { job_id, image: input.clone(), output: output.clone() };
+    let job = SmokeJob {
+        job_id,
+        image: input.clone(),
+        output: output.clone(),
+    };
     let properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_message_id(job_id.to_string().into());
-    publisher.publish("", &queue_name, &serde_json::to_vec(&job)?, properties).await?;
+    publisher
+        .publish("", &queue_name, &serde_json::to_vec(&job)?, properties)
+        .await?;
 
     let mut consumer = broker.consume(&queue_name, "smoke", 1).await?;
     let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
@@ -119,7 +137,9 @@ pub async fn run_smoke(settings: &SmokeSettings) -> anyhow::Result<SmokeReport> 
     if flipped != expected {
         bail!("libtorch flip does not match the CPU flip");
     }
-    storage.put(&received.output, png_bytes(&flipped)?, &png).await?;
+    storage
+        .put(&received.output, png_bytes(&flipped)?, &png)
+        .await?;
     delivery.acker.ack(BasicAckOptions::default()).await?;
     broker.close().await?;
 

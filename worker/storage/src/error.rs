@@ -14,7 +14,11 @@ pub enum StorageError {
     NotFound { object: String },
     /// The object is larger than the caller allows; it was not downloaded.
     #[error("object {object} is {size} bytes, more than the limit of {limit} bytes")]
-    TooLarge { object: String, size: u64, limit: u64 },
+    TooLarge {
+        object: String,
+        size: u64,
+        limit: u64,
+    },
     /// The backend refused or failed the request.
     #[error("storage request for {object} failed: {source}")]
     Backend {
@@ -53,7 +57,9 @@ mod tests {
 
     #[test]
     fn missing_objects_are_permanent_and_io_errors_transient() {
-        let missing = StorageError::NotFound { object: "s3://b/k".into() };
+        let missing = StorageError::NotFound {
+            object: "s3://b/k".into(),
+        };
         assert!(!missing.is_transient());
         let io = StorageError::Backend {
             object: "s3://b/k".into(),

@@ -43,7 +43,10 @@ impl ObjectRef {
 
 fn check_bucket(bucket: &str) -> Result<(), String> {
     if !(3..=63).contains(&bucket.len()) {
-        return Err(format!("bucket name must be 3 to 63 characters, got {}", bucket.len()));
+        return Err(format!(
+            "bucket name must be 3 to 63 characters, got {}",
+            bucket.len()
+        ));
     }
     if !bucket
         .bytes()
@@ -71,7 +74,10 @@ fn check_key(key: &str) -> Result<(), String> {
     if key.chars().any(char::is_control) {
         return Err("key contains control characters".into());
     }
-    if key.split('/').any(|segment| matches!(segment, "" | "." | "..")) {
+    if key
+        .split('/')
+        .any(|segment| matches!(segment, "" | "." | ".."))
+    {
         return Err("key has an empty, '.' or '..' path segment".into());
     }
     Ok(())

@@ -43,7 +43,9 @@ pub struct Storage {
 
 impl fmt::Debug for Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Storage").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Storage")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,7 +70,10 @@ impl StorageConfig {
             }
             Self::Memory => {}
         }
-        Ok(Storage { config: self.clone(), buckets: Mutex::new(HashMap::new()) })
+        Ok(Storage {
+            config: self.clone(),
+            buckets: Mutex::new(HashMap::new()),
+        })
     }
 }
 
@@ -84,15 +89,22 @@ fn s3_client(s3: &S3Config, bucket: &str) -> Result<Arc<dyn ObjectStore>, Storag
         builder = builder.with_region(region);
     }
     if let (Some(id), Some(secret)) = (&s3.access_key_id, &s3.secret_access_key) {
-        builder = builder.with_access_key_id(id).with_secret_access_key(secret);
+        builder = builder
+            .with_access_key_id(id)
+            .with_secret_access_key(secret);
     }
-    let client = builder.build().map_err(|e| StorageError::Config(e.to_string()))?;
+    let client = builder
+        .build()
+        .map_err(|e| StorageError::Config(e.to_string()))?;
     Ok(Arc::new(client))
 }
 
 impl Storage {
     fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(store) = buckets.get(bucket) {
             return Ok(Arc::clone(store));
         }
@@ -116,10 +128,13 @@ impl Storage {
 
     fn backend_error(object: &ObjectRef, source: object_store::Error) -> StorageError {
         match source {
-            object_store::Error::NotFound { .. } => {
-                StorageError::NotFound { object: object.to_string() }
-            }
-            source => StorageError::Backend { object: object.to_string(), source },
+            object_store::Error::NotFound { .. } => StorageError::NotFound {
+                object: object.to_string(),
+            },
+            source => StorageError::Backend {
+                object: object.to_string(),
+                source,
+            },
         }
     }
 
@@ -144,9 +159,18 @@ impl Storage {
                 limit,
             });
         }
-        let content_type = result.attributes.get(&Attribute::ContentType).map(|v| v.to_string());
-        let bytes = result.bytes().await.map_err(|e| Self::backend_error(object, e))?;
-        Ok(StoredObject { bytes, content_type })
+        let content_type = result
+            .attributes
+            .get(&Attribute::ContentType)
+            .map(|v| v.to_string());
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|e| Self::backend_error(object, e))?;
+        Ok(StoredObject {
+            bytes,
+            content_type,
+        })
     }
 
     /// Writes a whole object, replacing any object of the same name. Returns once the store
@@ -164,10 +188,16 @@ impl Storage {
                 attributes.insert(Attribute::ContentType, content_type.clone().into());
             }
             for (key, value) in &request.metadata {
-                attributes.insert(Attribute::Metadata(key.clone().into()), value.clone().into());
+                attributes.insert(
+                    Attribute::Metadata(key.clone().into()),
+                    value.clone().into(),
+                );
             }
         }
-        let options = PutOptions { attributes, ..PutOptions::default() };
+        let options = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
         store
             .put_opts(&Path::from(object.key()), PutPayload::from(bytes), options)
             .await
@@ -201,16 +231,32 @@ mod tests {
             content_type: Some("image/png".into()),
             metadata: vec![("job-id".into(), "1".into())],
         };
-        storage.put(&image, Bytes::from_static(b"\x89PNG..."), &request).await.expect("put");
+        storage
+            .put(&image, Bytes::from_static(b"\x89PNG..."), &request)
+            .await
+            .expect("put");
         assert_eq!(storage.size_of(&image).await.expect("head"), Some(7));
         let got = storage.get(&image, None).await.expect("get");
         assert_eq!(&got.bytes[..], b"\x89PNG...");
 
         let too_large = storage.get(&image, Some(6)).await.expect_err("limit");
-        assert!(matches!(too_large, StorageError::TooLarge { size: 7, limit: 6, .. }));
+        assert!(matches!(
+            too_large,
+            StorageError::TooLarge {
+                size: 7,
+                limit: 6,
+                ..
+            }
+        ));
 
-        let missing = storage.get(&obj("s3://inputs/nope.png"), None).await.expect_err("missing");
-        assert!(matches!(missing, StorageError::NotFound { .. }), "{missing:?}");
+        let missing = storage
+            .get(&obj("s3://inputs/nope.png"), None)
+            .await
+            .expect_err("missing");
+        assert!(
+            matches!(missing, StorageError::NotFound { .. }),
+            "{missing:?}"
+        );
         assert!(!missing.is_transient());
     }
 
@@ -218,15 +264,21 @@ mod tests {
     async fn memory_backend_round_trips_and_keeps_content_type() {
         let storage = StorageConfig::Memory.build().expect("build");
         round_trip(&storage).await;
-        let got = storage.get(&obj("s3://inputs/jobs/1/image.png"), None).await.expect("get");
+        let got = storage
+            .get(&obj("s3://inputs/jobs/1/image.png"), None)
+            .await
+            .expect("get");
         assert_eq!(got.content_type.as_deref(), Some("image/png"));
     }
 
     #[tokio::test]
     async fn local_backend_keeps_buckets_apart_on_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage =
-            StorageConfig::Local { root: dir.path().to_path_buf() }.build().expect("build");
+        let storage = StorageConfig::Local {
+            root: dir.path().to_path_buf(),
+        }
+        .build()
+        .expect("build");
         round_trip(&storage).await;
         assert!(dir.path().join("inputs/jobs/1/image.png").is_file());
     }
@@ -247,7 +299,9 @@ mod tests {
             r#"{"backend":"s3","endpoint":"http://127.0.0.1:3900","path_style":true,"allow_http":true}"#,
         )
         .expect("parse");
-        let StorageConfig::S3(s3) = config else { panic!("not s3: {config:?}") };
+        let StorageConfig::S3(s3) = config else {
+            panic!("not s3: {config:?}")
+        };
         assert!(s3.path_style && s3.allow_http);
         let unknown = serde_json::from_str::<StorageConfig>(r#"{"backend":"s3","endpoit":"x"}"#);
         assert!(unknown.expect_err("typo").to_string().contains("endpoit"));
