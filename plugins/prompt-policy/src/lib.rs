@@ -1,0 +1,31 @@
+//! inpaint-prompt-policy: the prompt-policy stage, the first line of the worker's
+//! OpenRAIL-M use-restriction enforcement (paragraph 5, Attachment A).
+//!
+//! Before inference the stage normalises the prompt (case, Unicode compatibility forms,
+//! diacritics, homoglyphs, spaced-out letters, leetspeak) and matches it against policy
+//! categories; each category blocks the job, rewrites the matched text or appends terms to the
+//! negative prompt. Lists are TOML files: the built-in ones ship in `ops/policy/` and are
+//! embedded, operators extend or replace them through [`PromptPolicyConfig`].
+//!
+//! Lexical rules catch intent that is spelled out; they do not understand meaning. The output
+//! safety checker stays required (see `inpaint_plugin_api::policy`).
+//!
+//! Layout:
+//! - [`normalize`]: text normalisation shared by prompts and list terms.
+//! - [`file`]: the policy file format and merging of several files.
+//! - [`policy`]: compilation (one Aho-Corasick automaton, one `RegexSet`) and evaluation.
+//! - [`stage`]: [`PromptPolicyConfig`] and the [`PromptPolicy`] stage.
+//! - [`defaults`]: the embedded built-in lists.
+//! - [`error`]: the [`PolicyError`] type.
+
+pub mod defaults;
+pub mod error;
+pub mod file;
+pub mod normalize;
+pub mod policy;
+pub mod stage;
+
+pub use error::PolicyError;
+pub use file::Action;
+pub use policy::{CategoryMatch, Evaluation, Policy, PolicyBuilder};
+pub use stage::{PromptPolicy, PromptPolicyConfig};

@@ -1,0 +1,724 @@
+//! [`Policy`]: the compiled policy, and [`PolicyBuilder`], which loads and compiles it.
+//!
+//! Compilation puts every term of every category and set (after normalisation, deduplicated)
+//! into one Aho-Corasick automaton and every regex into one `RegexSet`, so evaluating a prompt
+//! costs one automaton pass and one regex-set pass per normalised form, however many
+//! categories are loaded.
+//!
+//! Only the positive prompt is evaluated. The negative prompt lists what the image must *not*
+//! show, so words such as "child, nude" there are protective; matching it would block the
+//! users who are being careful. Rewrites likewise apply to the prompt only, and
+//! `force_negative` only appends to the negative prompt.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::ops::Range;
+use std::path::Path;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use inpaint_plugin_api::{Block, Change, Modification, Verdict};
+use regex::{Regex, RegexSet};
+
+use crate::defaults::DEFAULT_SOURCES;
+use crate::error::PolicyError;
+use crate::file::{Action, Location, PolicyDef, RuleKind};
+use crate::normalize::{Normalized, normalize, normalize_term};
+
+/// Loads policy files in order and compiles them into a [`Policy`].
+#[derive(Debug, Default)]
+pub struct PolicyBuilder {
+    def: PolicyDef,
+}
+
+impl PolicyBuilder {
+    /// An empty builder (no built-in lists).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder holding the built-in lists from `ops/policy/` (embedded at compile time).
+    pub fn with_defaults() -> Result<Self, PolicyError> {
+        let mut builder = Self::new();
+        for (name, text) in DEFAULT_SOURCES {
+            builder.add_source(&format!("{name} (built-in)"), text)?;
+        }
+        Ok(builder)
+    }
+
+    /// Merges a policy given as text; `name` is used in error messages.
+    pub fn add_source(&mut self, name: &str, text: &str) -> Result<&mut Self, PolicyError> {
+        self.def.merge_source(name, text)?;
+        Ok(self)
+    }
+
+    /// Reads and merges a policy file.
+    pub fn add_file(&mut self, path: &Path) -> Result<&mut Self, PolicyError> {
+        let name = path.display().to_string();
+        let text = fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            file: name.clone(),
+            source,
+        })?;
+        self.add_source(&name, &text)
+    }
+
+    /// Validates everything and compiles the matchers.
+    pub fn build(&self) -> Result<Policy, PolicyError> {
+        Policy::compile(&self.def)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CompiledSet {
+    phrases: Vec<usize>,
+    regexes: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum CompiledRule {
+    Regex(usize),
+    AllOf(Vec<usize>),
+}
+
+#[derive(Debug, Clone)]
+struct CompiledCategory {
+    id: String,
+    action: Action,
+    replacement: String,
+    negative: Vec<String>,
+    /// (phrase id, audit rule id)
+    terms: Vec<(usize, String)>,
+    /// (rule, audit rule id)
+    rules: Vec<(CompiledRule, String)>,
+}
+
+/// A compiled prompt policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    categories: Vec<CompiledCategory>,
+    sets: Vec<CompiledSet>,
+    phrases: AhoCorasick,
+    phrase_count: usize,
+    regex_set: RegexSet,
+    regexes: Vec<Regex>,
+}
+
+/// One category that matched a prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CategoryMatch {
+    /// The category id.
+    pub category: String,
+    /// What the category does.
+    pub action: Action,
+    /// Audit ids of the rules that matched: `<category>/term:<term>` or `<category>/<rule id>`.
+    pub rules: Vec<String>,
+    /// Byte ranges of the prompt that matched (for rewriting).
+    pub spans: Vec<Range<usize>>,
+}
+
+/// The result of evaluating one prompt: every matching category, in policy order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evaluation {
+    /// Matching categories.
+    pub matches: Vec<CategoryMatch>,
+}
+
+impl Evaluation {
+    /// True when no category matched.
+    pub fn is_clean(&self) -> bool {
+        self.matches.is_empty()
+    }
+
+    /// True when a `block` category matched.
+    pub fn is_blocked(&self) -> bool {
+        self.matches.iter().any(|m| m.action == Action::Block)
+    }
+
+    /// Ids of the matching categories.
+    pub fn categories(&self) -> impl Iterator<Item = &str> {
+        self.matches.iter().map(|m| m.category.as_str())
+    }
+}
+
+/// Where phrases and regexes matched in one prompt.
+struct Hits<'a> {
+    normalized: &'a Normalized,
+    /// Per phrase: (form, start, end) of each whole-word match.
+    phrases: Vec<Vec<(usize, usize, usize)>>,
+    /// Per regex: forms it matched in.
+    regexes: Vec<Vec<usize>>,
+    sets: Vec<bool>,
+}
+
+impl Policy {
+    fn compile(def: &PolicyDef) -> Result<Policy, PolicyError> {
+        let mut phrase_ids: HashMap<String, usize> = HashMap::new();
+        let mut phrase_texts: Vec<String> = Vec::new();
+        let mut regex_sources: Vec<String> = Vec::new();
+        let mut regexes: Vec<Regex> = Vec::new();
+
+        let mut intern = |term: &str| -> Option<(usize, String)> {
+            let normalized = normalize_term(term);
+            if normalized.is_empty() {
+                return None;
+            }
+            let next = phrase_texts.len();
+            let id = *phrase_ids.entry(normalized.clone()).or_insert(next);
+            if id == next {
+                phrase_texts.push(normalized.clone());
+            }
+            Some((id, normalized))
+        };
+        let mut add_regex = |source: &str| -> Result<usize, String> {
+            let regex = Regex::new(source).map_err(|e| format!("invalid regex: {e}"))?;
+            regexes.push(regex);
+            regex_sources.push(source.to_owned());
+            Ok(regexes.len() - 1)
+        };
+
+        let set_error = |name: &str, at: &Location, message: String| PolicyError::Set {
+            file: at.file.to_string(),
+            line: at.line,
+            set: name.to_owned(),
+            message,
+        };
+        let mut set_index: HashMap<&str, usize> = HashMap::new();
+        let mut sets = Vec::with_capacity(def.sets.len());
+        for (name, set) in &def.sets {
+            let mut compiled = CompiledSet {
+                phrases: Vec::new(),
+                regexes: Vec::new(),
+            };
+            for term in &set.terms {
+                let (id, _) = intern(&term.value).ok_or_else(|| {
+                    set_error(
+                        name,
+                        &term.at,
+                        format!("term `{}` is empty after normalisation", term.value),
+                    )
+                })?;
+                compiled.phrases.push(id);
+            }
+            for regex in &set.regex {
+                let id = add_regex(&regex.value).map_err(|m| set_error(name, &regex.at, m))?;
+                compiled.regexes.push(id);
+            }
+            if compiled.phrases.is_empty() && compiled.regexes.is_empty() {
+                let at = set.at.clone().unwrap_or(Location {
+                    file: "<policy>".into(),
+                    line: 1,
+                });
+                return Err(set_error(
+                    name,
+                    &at,
+                    "set has no terms and no regexes".into(),
+                ));
+            }
+            set_index.insert(name.as_str(), sets.len());
+            sets.push(compiled);
+        }
+
+        let mut categories = Vec::with_capacity(def.categories.len());
+        for cat in &def.categories {
+            let cat_error = |at: &Location, message: String| PolicyError::Category {
+                file: at.file.to_string(),
+                line: at.line,
+                category: cat.id.clone(),
+                message,
+            };
+            if cat.action == Action::ForceNegative
+                && cat.negative.iter().all(|n| n.trim().is_empty())
+            {
+                return Err(cat_error(
+                    &cat.at,
+                    "action `force_negative` needs `negative` terms".into(),
+                ));
+            }
+            let mut compiled = CompiledCategory {
+                id: cat.id.clone(),
+                action: cat.action,
+                replacement: cat.replacement.clone(),
+                negative: cat
+                    .negative
+                    .iter()
+                    .map(|n| n.trim().to_owned())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+                terms: Vec::new(),
+                rules: Vec::new(),
+            };
+            for term in &cat.terms {
+                let (id, normalized) = intern(&term.value).ok_or_else(|| {
+                    cat_error(
+                        &term.at,
+                        format!("term `{}` is empty after normalisation", term.value),
+                    )
+                })?;
+                let audit = format!("{}/term:{normalized}", cat.id);
+                if !compiled.terms.iter().any(|(p, _)| *p == id) {
+                    compiled.terms.push((id, audit));
+                }
+            }
+            for rule in &cat.rules {
+                let audit = format!("{}/{}", cat.id, rule.id);
+                if compiled.rules.iter().any(|(_, a)| *a == audit) {
+                    return Err(cat_error(
+                        &rule.at,
+                        format!("duplicate rule id `{}`", rule.id),
+                    ));
+                }
+                let compiled_rule = match &rule.kind {
+                    RuleKind::Regex(source) => CompiledRule::Regex(
+                        add_regex(source)
+                            .map_err(|m| cat_error(&rule.at, format!("rule `{}`: {m}", rule.id)))?,
+                    ),
+                    RuleKind::AllOf(names) => {
+                        let mut ids = Vec::with_capacity(names.len());
+                        for name in names {
+                            let id = set_index.get(name.as_str()).copied().ok_or_else(|| {
+                                cat_error(
+                                    &rule.at,
+                                    format!("rule `{}`: unknown set `{name}`", rule.id),
+                                )
+                            })?;
+                            ids.push(id);
+                        }
+                        CompiledRule::AllOf(ids)
+                    }
+                };
+                compiled.rules.push((compiled_rule, audit));
+            }
+            if compiled.terms.is_empty() && compiled.rules.is_empty() {
+                return Err(cat_error(
+                    &cat.at,
+                    "category has no terms and no rules".into(),
+                ));
+            }
+            categories.push(compiled);
+        }
+        if categories.is_empty() {
+            return Err(PolicyError::Empty);
+        }
+
+        let phrases = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&phrase_texts)
+            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+        let regex_set =
+            RegexSet::new(&regex_sources).map_err(|e| PolicyError::Compile(e.to_string()))?;
+        tracing::debug!(
+            categories = categories.len(),
+            phrases = phrase_texts.len(),
+            regexes = regexes.len(),
+            "prompt policy compiled"
+        );
+        Ok(Policy {
+            categories,
+            sets,
+            phrases,
+            phrase_count: phrase_texts.len(),
+            regex_set,
+            regexes,
+        })
+    }
+
+    /// Category ids and actions, in policy order.
+    pub fn categories(&self) -> impl Iterator<Item = (&str, Action)> {
+        self.categories.iter().map(|c| (c.id.as_str(), c.action))
+    }
+
+    /// Number of distinct normalised terms in the automaton.
+    pub fn phrase_count(&self) -> usize {
+        self.phrase_count
+    }
+
+    /// Number of regexes.
+    pub fn regex_count(&self) -> usize {
+        self.regexes.len()
+    }
+
+    fn hits<'a>(&self, normalized: &'a Normalized) -> Hits<'a> {
+        let mut phrases = vec![Vec::new(); self.phrase_count];
+        let mut regexes = vec![Vec::new(); self.regexes.len()];
+        for (f, form) in normalized.forms().iter().enumerate() {
+            for m in self.phrases.find_overlapping_iter(form.text()) {
+                if form.is_whole_word(m.start(), m.end())
+                    && let Some(slot) = phrases.get_mut(m.pattern().as_usize())
+                {
+                    slot.push((f, m.start(), m.end()));
+                }
+            }
+            for r in self.regex_set.matches(form.text()).iter() {
+                if let Some(slot) = regexes.get_mut(r) {
+                    slot.push(f);
+                }
+            }
+        }
+        let sets = self
+            .sets
+            .iter()
+            .map(|s| {
+                s.phrases.iter().any(|&p| !phrases[p].is_empty())
+                    || s.regexes.iter().any(|&r| !regexes[r].is_empty())
+            })
+            .collect();
+        Hits {
+            normalized,
+            phrases,
+            regexes,
+            sets,
+        }
+    }
+
+    /// Evaluates a prompt against every category.
+    pub fn evaluate(&self, prompt: &str) -> Evaluation {
+        let normalized = normalize(prompt);
+        let hits = self.hits(&normalized);
+        let mut matches = Vec::new();
+        for cat in &self.categories {
+            let mut rules = Vec::new();
+            let mut phrase_ids = Vec::new();
+            let mut regex_ids = Vec::new();
+            for (phrase, audit) in &cat.terms {
+                if !hits.phrases[*phrase].is_empty() {
+                    rules.push(audit.clone());
+                    phrase_ids.push(*phrase);
+                }
+            }
+            for (rule, audit) in &cat.rules {
+                match rule {
+                    CompiledRule::Regex(r) if !hits.regexes[*r].is_empty() => {
+                        rules.push(audit.clone());
+                        regex_ids.push(*r);
+                    }
+                    CompiledRule::AllOf(sets) if sets.iter().all(|&s| hits.sets[s]) => {
+                        rules.push(audit.clone());
+                        for &s in sets {
+                            phrase_ids.extend(&self.sets[s].phrases);
+                            regex_ids.extend(&self.sets[s].regexes);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if rules.is_empty() {
+                continue;
+            }
+            let spans = if cat.action == Action::Rewrite {
+                self.spans(&hits, &phrase_ids, &regex_ids)
+            } else {
+                Vec::new()
+            };
+            matches.push(CategoryMatch {
+                category: cat.id.clone(),
+                action: cat.action,
+                rules,
+                spans,
+            });
+        }
+        Evaluation { matches }
+    }
+
+    /// Prompt byte ranges of the given phrases' and regexes' matches.
+    fn spans(
+        &self,
+        hits: &Hits<'_>,
+        phrase_ids: &[usize],
+        regex_ids: &[usize],
+    ) -> Vec<Range<usize>> {
+        let forms = hits.normalized.forms();
+        let mut spans = Vec::new();
+        for &p in phrase_ids {
+            for &(f, start, end) in &hits.phrases[p] {
+                spans.extend(forms.get(f).and_then(|form| form.origin_range(start, end)));
+            }
+        }
+        for &r in regex_ids {
+            for &f in &hits.regexes[r] {
+                if let Some(form) = forms.get(f) {
+                    for m in self.regexes[r].find_iter(form.text()) {
+                        spans.extend(form.origin_range(m.start(), m.end()));
+                    }
+                }
+            }
+        }
+        spans.sort_by_key(|s| (s.start, s.end));
+        spans.dedup();
+        spans
+    }
+
+    /// Evaluates a prompt and turns the result into a stage [`Verdict`]:
+    /// - any `block` category → [`Verdict::Block`] naming the first one (policy order), with
+    ///   every matched block rule id and a score of 1.0 per matched block category;
+    /// - otherwise one `RewritePrompt` per `rewrite` category (each cumulative, so the last
+    ///   holds every rewrite) and one `AppendNegative` per `force_negative` category;
+    /// - otherwise [`Verdict::Continue`].
+    pub fn verdict(&self, prompt: &str) -> Verdict {
+        verdict_from(prompt, &self.evaluate(prompt), &self.categories)
+    }
+}
+
+fn verdict_from(prompt: &str, evaluation: &Evaluation, categories: &[CompiledCategory]) -> Verdict {
+    let blocking: Vec<&CategoryMatch> = evaluation
+        .matches
+        .iter()
+        .filter(|m| m.action == Action::Block)
+        .collect();
+    if let Some(first) = blocking.first() {
+        let mut reason = format!(
+            "prompt matches blocked policy category `{}` (OpenRAIL-M Attachment A)",
+            first.category
+        );
+        if blocking.len() > 1 {
+            let others: Vec<&str> = blocking[1..].iter().map(|m| m.category.as_str()).collect();
+            reason.push_str(&format!("; also matches: {}", others.join(", ")));
+        }
+        let scores: BTreeMap<String, f32> =
+            blocking.iter().map(|m| (m.category.clone(), 1.0)).collect();
+        let rules = blocking
+            .iter()
+            .flat_map(|m| m.rules.iter().cloned())
+            .collect();
+        return Verdict::Block(Block {
+            category: first.category.clone(),
+            reason,
+            scores,
+            rules,
+        });
+    }
+
+    let mut mods = Vec::new();
+    let mut pending: Vec<(Range<usize>, &str)> = Vec::new();
+    for m in &evaluation.matches {
+        let Some(cat) = categories.iter().find(|c| c.id == m.category) else {
+            continue;
+        };
+        let change = match m.action {
+            Action::Rewrite => {
+                pending.extend(
+                    m.spans
+                        .iter()
+                        .map(|s| (s.clone(), cat.replacement.as_str())),
+                );
+                Change::RewritePrompt(rewrite(prompt, &pending))
+            }
+            Action::ForceNegative => Change::AppendNegative(cat.negative.clone()),
+            Action::Block => continue,
+        };
+        mods.push(
+            Modification::new(change)
+                .with_category(m.category.clone())
+                .with_rules(m.rules.iter().cloned()),
+        );
+    }
+    if mods.is_empty() {
+        Verdict::Continue
+    } else {
+        Verdict::Modify(mods)
+    }
+}
+
+/// Replaces `spans` of `prompt` (overlaps merged, first replacement wins) and tidies the
+/// spaces a removal leaves behind.
+fn rewrite(prompt: &str, spans: &[(Range<usize>, &str)]) -> String {
+    let mut sorted: Vec<(Range<usize>, &str)> = spans.to_vec();
+    sorted.sort_by_key(|(s, _)| (s.start, std::cmp::Reverse(s.end)));
+    let mut merged: Vec<(Range<usize>, &str)> = Vec::new();
+    for (span, replacement) in sorted {
+        match merged.last_mut() {
+            Some((last, _)) if span.start < last.end => last.end = last.end.max(span.end),
+            _ => merged.push((span, replacement)),
+        }
+    }
+    let mut out = String::with_capacity(prompt.len());
+    let mut pos = 0;
+    for (span, replacement) in merged {
+        let (Some(before), true) = (prompt.get(pos..span.start), span.end <= prompt.len()) else {
+            continue;
+        };
+        out.push_str(before);
+        out.push_str(replacement);
+        pos = span.end;
+        if out.ends_with(' ') || out.is_empty() {
+            while prompt.get(pos..).is_some_and(|rest| rest.starts_with(' ')) {
+                pos += 1;
+            }
+        }
+    }
+    out.push_str(prompt.get(pos..).unwrap_or_default());
+    out.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> Policy {
+        let mut builder = PolicyBuilder::new();
+        builder.add_source("test.toml", text).expect("valid source");
+        builder.build().expect("compiles")
+    }
+
+    const DEMO: &str = r#"
+[sets.animal]
+terms = ["cat", "dog"]
+[sets.color]
+terms = ["purple"]
+regex = ['\bgr[ae]y\b']
+
+[[category]]
+id = "demo_block"
+action = "block"
+terms = ["forbidden thing"]
+[[category.rule]]
+id = "purple-animal"
+all_of = ["animal", "color"]
+
+[[category]]
+id = "demo_rewrite"
+action = "rewrite"
+replacement = "friendly"
+terms = ["scary", "creepy"]
+
+[[category]]
+id = "demo_negative"
+action = "force_negative"
+negative = ["blood", "gore"]
+terms = ["battle"]
+"#;
+
+    #[test]
+    fn terms_match_whole_words_only() {
+        let p = policy(DEMO);
+        assert!(p.evaluate("a forbidden thing here").is_blocked());
+        assert!(p.evaluate("FORBIDDEN, thing!").is_blocked());
+        assert!(p.evaluate("forbidden things").is_clean());
+        assert!(p.evaluate("unforbidden thing").is_clean());
+    }
+
+    #[test]
+    fn all_of_needs_every_set() {
+        let p = policy(DEMO);
+        let e = p.evaluate("a purple dog");
+        assert_eq!(
+            e.matches[0].rules,
+            vec!["demo_block/purple-animal".to_owned()]
+        );
+        assert!(p.evaluate("a grey cat").is_blocked());
+        assert!(p.evaluate("a dog").is_clean());
+        assert!(p.evaluate("purple rain").is_clean());
+    }
+
+    #[test]
+    fn block_verdict_carries_audit_ids_not_prompt_text() {
+        let p = policy(DEMO);
+        let Verdict::Block(block) = p.verdict("secret words: a purple cat, forbidden thing") else {
+            panic!("expected a block");
+        };
+        assert_eq!(block.category, "demo_block");
+        assert_eq!(
+            block.rules,
+            vec![
+                "demo_block/term:forbidden thing".to_owned(),
+                "demo_block/purple-animal".to_owned()
+            ]
+        );
+        assert!(!block.reason.contains("secret"));
+        assert_eq!(block.scores.get("demo_block"), Some(&1.0));
+    }
+
+    #[test]
+    fn rewrite_replaces_the_original_text() {
+        let p = policy(DEMO);
+        let Verdict::Modify(mods) = p.verdict("a SCARY house, very c.r.e.e.p.y attic") else {
+            panic!("expected a rewrite");
+        };
+        assert_eq!(mods.len(), 1);
+        assert_eq!(
+            mods[0].change,
+            Change::RewritePrompt("a friendly house, very friendly attic".into())
+        );
+        assert_eq!(mods[0].category.as_deref(), Some("demo_rewrite"));
+    }
+
+    #[test]
+    fn force_negative_appends_terms() {
+        let p = policy(DEMO);
+        let Verdict::Modify(mods) = p.verdict("an epic battle scene") else {
+            panic!("expected a modification");
+        };
+        assert_eq!(
+            mods[0].change,
+            Change::AppendNegative(vec!["blood".into(), "gore".into()])
+        );
+        assert_eq!(mods[0].rules, vec!["demo_negative/term:battle".to_owned()]);
+    }
+
+    #[test]
+    fn block_wins_over_rewrite() {
+        let p = policy(DEMO);
+        assert!(p.verdict("scary forbidden thing").is_block());
+        assert_eq!(p.verdict("a calm lake"), Verdict::Continue);
+    }
+
+    #[test]
+    fn rewrite_helper_merges_overlaps_and_tidies_spaces() {
+        assert_eq!(rewrite("a b c", &[(2..3, "")]), "a c");
+        assert_eq!(rewrite("abcdef", &[(1..3, "X"), (2..5, "Y")]), "aXf");
+        assert_eq!(rewrite("x y", &[(0..1, "")]), "y");
+        assert_eq!(rewrite("xy", &[(5..9, "z")]), "xy");
+    }
+
+    #[test]
+    fn compile_errors_name_file_line_and_category() {
+        let mut b = PolicyBuilder::new();
+        b.add_source(
+            "bad.toml",
+            "[[category]]\nid = \"c\"\naction = \"block\"\n\n[[category.rule]]\nid = \"r\"\nregex = '(unclosed'\n",
+        )
+        .expect("parses");
+        let err = b.build().expect_err("invalid regex");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("bad.toml:6: category `c`: rule `r`: invalid regex"),
+            "{text}"
+        );
+
+        let mut b = PolicyBuilder::new();
+        b.add_source("s.toml", "[[category]]\nid = \"c\"\naction = \"block\"\n[[category.rule]]\nid = \"r\"\nall_of = [\"nope\"]\n")
+            .expect("parses");
+        let text = b.build().expect_err("unknown set").to_string();
+        assert!(
+            text.contains("s.toml:5: category `c`: rule `r`: unknown set `nope`"),
+            "{text}"
+        );
+
+        let mut b = PolicyBuilder::new();
+        b.add_source(
+            "n.toml",
+            "[[category]]\nid = \"c\"\naction = \"force_negative\"\nterms = [\"x\"]\n",
+        )
+        .expect("parses");
+        let text = b.build().expect_err("no negative").to_string();
+        assert!(
+            text.contains("n.toml:2: category `c`: action `force_negative` needs"),
+            "{text}"
+        );
+
+        let mut b = PolicyBuilder::new();
+        b.add_source(
+            "e.toml",
+            "[[category]]\nid = \"c\"\naction = \"block\"\nterms = [\"ok\", \" !! \"]\n",
+        )
+        .expect("parses");
+        let text = b.build().expect_err("empty term").to_string();
+        assert!(
+            text.contains("e.toml:4: category `c`: term ` !! ` is empty"),
+            "{text}"
+        );
+
+        assert!(matches!(
+            PolicyBuilder::new().build(),
+            Err(PolicyError::Empty)
+        ));
+    }
+}
