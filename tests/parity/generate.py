@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import diffusers
 import transformers
@@ -160,6 +160,7 @@ MODELS = {
     # tokenizer/text-encoder max length 16, VAE factor 4.
     "tiny-sd-b": dict(
         seed=2000,
+        text_encoder_keys="transformers5",  # text_encoder/model.safetensors keys without `text_model.`
         tokenizer=dict(num_merges=200, max_length=16),
         text=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4),
         unet=dict(in_channels=9, block_out_channels=(16, 16, 32), layers_per_block=2, attention_head_dim=[1, 2, 4],
@@ -248,6 +249,13 @@ def build_model(name: str, spec: dict, out: Path, workdir: Path):
     (out / "tokenizer" / "special_tokens_map.json").write_text(json.dumps(special_tokens_map(), indent=2) + "\n")
     # Scheduler config exactly as SD-1.5 ships it.
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_CONFIG, indent=2) + "\n")
+    if spec.get("text_encoder_keys", "hub") == "hub":
+        # SD-1.5 on the hub stores CLIPTextModel weights as `text_model.*`; transformers >= 5.6 saves them
+        # without that prefix (it loads both).  Most models use the hub layout, tiny-sd-b keeps the new one.
+        te_file = out / "text_encoder" / "model.safetensors"
+        sd = load_file(str(te_file))
+        save_file({("text_model." + k if not k.startswith("text_model.") else k): v for k, v in sorted(sd.items())},
+                  str(te_file), metadata={"format": "pt"})
     normalise_json_files(out)
     return vocab, merges
 
