@@ -91,8 +91,12 @@ mod tests {
 
     #[test]
     fn upper_case_parses_to_the_same_id() {
-        let lower: JobId = "0b9c5a52-3f0e-4d8a-9a3e-8f6f4d1c2b7a".parse().expect("lower");
-        let upper: JobId = "0B9C5A52-3F0E-4D8A-9A3E-8F6F4D1C2B7A".parse().expect("upper");
+        let lower: JobId = "0b9c5a52-3f0e-4d8a-9a3e-8f6f4d1c2b7a"
+            .parse()
+            .expect("lower");
+        let upper: JobId = "0B9C5A52-3F0E-4D8A-9A3E-8F6F4D1C2B7A"
+            .parse()
+            .expect("upper");
         assert_eq!(lower, upper);
     }
 

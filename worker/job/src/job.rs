@@ -276,7 +276,7 @@ pub struct OutputSpec {
     /// no leading `/`, no empty, `.` or `..` segments, at most 512 bytes. Empty: the bucket's
     /// root.
     #[serde(default)]
-    #[schemars(length(max = MAX_PREFIX_BYTES))]
+    #[schemars(length(max = MAX_PREFIX_BYTES), regex(pattern = schema::PREFIX_PATTERN))]
     pub prefix: String,
 
     /// The image format of the outputs. Default: PNG.
@@ -286,9 +286,9 @@ pub struct OutputSpec {
 
 /// The encoding of output images, tagged by `type`: `{"type": "png"}`,
 /// `{"type": "jpeg", "quality": 90}`.
-///
-/// PNG and WebP are empty struct variants (`Png {}`) so that `deny_unknown_fields` refuses a
-/// stray `quality` on them: serde lets unit variants of a tagged enum ignore extra fields.
+//
+// PNG and WebP are empty struct variants (`Png {}`) so that `deny_unknown_fields` refuses a
+// stray `quality` on them: serde lets unit variants of a tagged enum ignore extra fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum OutputFormat {
@@ -375,7 +375,8 @@ impl InpaintJob {
         } else {
             format!("{prefix}/{name}")
         };
-        ObjectRef::new(out.bucket.as_str(), key).map_err(|e| JobError::invalid("output", e.to_string()))
+        ObjectRef::new(out.bucket.as_str(), key)
+            .map_err(|e| JobError::invalid("output", e.to_string()))
     }
 
     /// Checks the rules that the shape alone does not: ranges, multiples of 8, image and mask
@@ -414,13 +415,19 @@ impl InpaintJob {
         if !(1..=MAX_INFERENCE_STEPS).contains(&p.num_inference_steps) {
             return Err(JobError::invalid(
                 "params.num_inference_steps",
-                format!("must be 1 to {MAX_INFERENCE_STEPS}, got {}", p.num_inference_steps),
+                format!(
+                    "must be 1 to {MAX_INFERENCE_STEPS}, got {}",
+                    p.num_inference_steps
+                ),
             ));
         }
         if !(0.0..=MAX_GUIDANCE_SCALE).contains(&p.guidance_scale) {
             return Err(JobError::invalid(
                 "params.guidance_scale",
-                format!("must be 0 to {MAX_GUIDANCE_SCALE}, got {}", p.guidance_scale),
+                format!(
+                    "must be 0 to {MAX_GUIDANCE_SCALE}, got {}",
+                    p.guidance_scale
+                ),
             ));
         }
         if !(p.strength > 0.0 && p.strength <= 1.0) {
@@ -483,13 +490,16 @@ impl InpaintJob {
                 format!("must be 0 to {MAX_MASK_PX}, got {}", p.mask_feather_px),
             ));
         }
-        if let Some(crop) = p.crop_to_mask {
-            if crop.padding_px > MAX_CROP_PADDING_PX {
-                return Err(JobError::invalid(
-                    "params.crop_to_mask.padding_px",
-                    format!("must be 0 to {MAX_CROP_PADDING_PX}, got {}", crop.padding_px),
-                ));
-            }
+        if let Some(crop) = p.crop_to_mask
+            && crop.padding_px > MAX_CROP_PADDING_PX
+        {
+            return Err(JobError::invalid(
+                "params.crop_to_mask.padding_px",
+                format!(
+                    "must be 0 to {MAX_CROP_PADDING_PX}, got {}",
+                    crop.padding_px
+                ),
+            ));
         }
         if self.is_text_only() {
             if p.strength < 1.0 {
@@ -516,7 +526,10 @@ impl InpaintJob {
         if out.prefix.len() > MAX_PREFIX_BYTES {
             return Err(JobError::invalid(
                 "output.prefix",
-                format!("must be at most {MAX_PREFIX_BYTES} bytes, got {}", out.prefix.len()),
+                format!(
+                    "must be at most {MAX_PREFIX_BYTES} bytes, got {}",
+                    out.prefix.len()
+                ),
             ));
         }
         if out.prefix.starts_with('/') {
@@ -525,18 +538,17 @@ impl InpaintJob {
                 "must not start with '/'",
             ));
         }
-        if let OutputFormat::Jpeg { quality } = out.format {
-            if !(1..=100).contains(&quality) {
-                return Err(JobError::invalid(
-                    "output.format.quality",
-                    format!("must be 1 to 100, got {quality}"),
-                ));
-            }
+        if let OutputFormat::Jpeg { quality } = out.format
+            && !(1..=100).contains(&quality)
+        {
+            return Err(JobError::invalid(
+                "output.format.quality",
+                format!("must be 1 to 100, got {quality}"),
+            ));
         }
         // The bucket rules and the prefix's segment rules are ObjectRef's: build a real key.
-        ObjectRef::new(out.bucket.as_str(), "probe").map_err(|e| {
-            JobError::invalid("output.bucket", storage_reason(&e.to_string()))
-        })?;
+        ObjectRef::new(out.bucket.as_str(), "probe")
+            .map_err(|e| JobError::invalid("output.bucket", storage_reason(&e.to_string())))?;
         self.output_key(0).map_err(|e| match e {
             JobError::InvalidParameter { message, .. } => {
                 JobError::invalid("output.prefix", storage_reason(&message))
@@ -635,9 +647,7 @@ fn check_side(field: &str, side: Option<u32>) -> Result<(), JobError> {
 /// together. (`seeds` length = `num_images`, `eta` only with ddim and the text-only rules are
 /// checked by the Rust parser only.) A `null` counts as absent, as it does for the parser.
 fn job_rules(schema: &mut Schema) {
-    let present = |field: &str| {
-        json_schema!({"required": [field], "properties": {field: {"type": "string"}}})
-    };
+    let present = |field: &str| json_schema!({"required": [field], "properties": {field: {"type": "string"}}});
     let rules = [
         json_schema!({"if": present("image"), "then": present("mask")}),
         json_schema!({"if": present("mask"), "then": present("image")}),
@@ -661,7 +671,9 @@ mod tests {
     fn job() -> InpaintJob {
         InpaintJob {
             schema_version: 1,
-            job_id: "0b9c5a52-3f0e-4d8a-9a3e-8f6f4d1c2b7a".parse().expect("uuid"),
+            job_id: "0b9c5a52-3f0e-4d8a-9a3e-8f6f4d1c2b7a"
+                .parse()
+                .expect("uuid"),
             image: Some("s3://inputs/a/image.png".parse().expect("ref")),
             mask: Some("s3://inputs/a/mask.png".parse().expect("ref")),
             prompt: "a red bicycle".into(),
@@ -748,7 +760,8 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(&str, fn(&mut InpaintJob))> = vec![
+        type Mutation = fn(&mut InpaintJob);
+        let cases: Vec<(&str, Mutation)> = vec![
             ("schema_version", |j| j.schema_version = 2),
             ("image", |j| j.image = None),
             ("mask", |j| j.mask = None),
@@ -756,8 +769,12 @@ mod tests {
             ("negative_prompt", |j| {
                 j.negative_prompt = Some("x".repeat(MAX_PROMPT_CHARS + 1))
             }),
-            ("params.num_inference_steps", |j| j.params.num_inference_steps = 0),
-            ("params.num_inference_steps", |j| j.params.num_inference_steps = 1001),
+            ("params.num_inference_steps", |j| {
+                j.params.num_inference_steps = 0
+            }),
+            ("params.num_inference_steps", |j| {
+                j.params.num_inference_steps = 1001
+            }),
             ("params.guidance_scale", |j| j.params.guidance_scale = 50.5),
             ("params.guidance_scale", |j| j.params.guidance_scale = -1.0),
             ("params.strength", |j| j.params.strength = 0.0),

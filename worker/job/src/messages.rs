@@ -69,8 +69,8 @@ mod tests {
     #[test]
     fn cancel_parses_and_refuses_extras() {
         let id = "0b9c5a52-3f0e-4d8a-9a3e-8f6f4d1c2b7a";
-        let ok = CancelRequest::from_json(format!(r#"{{"job_id":"{id}"}}"#).as_bytes())
-            .expect("valid");
+        let ok =
+            CancelRequest::from_json(format!(r#"{{"job_id":"{id}"}}"#).as_bytes()).expect("valid");
         assert_eq!(ok.job_id.to_string(), id);
         let extra = format!(r#"{{"job_id":"{id}","why":"x"}}"#);
         assert!(matches!(

@@ -31,10 +31,10 @@ impl InpaintJob {
                 message: format!("a job must be a JSON object, got {}", kind(&value)),
             });
         };
-        if let Some(version) = fields.get("schema_version").and_then(Value::as_u64) {
-            if version != u64::from(JOB_SCHEMA_VERSION) {
-                return Err(unsupported_version(version));
-            }
+        if let Some(version) = fields.get("schema_version").and_then(Value::as_u64)
+            && version != u64::from(JOB_SCHEMA_VERSION)
+        {
+            return Err(unsupported_version(version));
         }
         let job: Self = from_value(value)?;
         job.validate()?;
@@ -169,7 +169,10 @@ mod tests {
     fn not_json_is_malformed() {
         for bytes in [&b"hello"[..], b"{\"job_id\": ", b"", b"\xff\xfe"] {
             assert!(
-                matches!(InpaintJob::from_json(bytes), Err(JobError::MalformedJson { .. })),
+                matches!(
+                    InpaintJob::from_json(bytes),
+                    Err(JobError::MalformedJson { .. })
+                ),
                 "{bytes:?}"
             );
         }
@@ -184,7 +187,10 @@ mod tests {
         let mut v = minimal();
         v["colour"] = "red".into();
         let (path, message) = schema_path(&v);
-        assert!(message.contains("unknown field `colour`"), "{path}: {message}");
+        assert!(
+            message.contains("unknown field `colour`"),
+            "{path}: {message}"
+        );
 
         let mut v = minimal();
         v["params"] = serde_json::json!({"num_images": "two"});
@@ -238,7 +244,10 @@ mod tests {
         match parse(&v) {
             Err(JobError::InvalidParameter { field, message }) => {
                 assert_eq!(field, "schema_version");
-                assert!(message.contains("unsupported schema_version 2"), "{message}");
+                assert!(
+                    message.contains("unsupported schema_version 2"),
+                    "{message}"
+                );
                 assert!(message.contains("schema_version 1"), "{message}");
             }
             other => panic!("expected InvalidParameter, got {other:?}"),

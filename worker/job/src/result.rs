@@ -434,7 +434,10 @@ mod tests {
         let json = String::from_utf8(r.to_json().expect("serialize")).expect("utf8");
         assert!(!json.contains("\"error\""), "{json}");
         assert!(!json.contains("null"), "{json}");
-        assert!(json.contains("\"finished_at\":\"2030-01-01T00:00:00Z\""), "{json}");
+        assert!(
+            json.contains("\"finished_at\":\"2030-01-01T00:00:00Z\""),
+            "{json}"
+        );
         let back = InpaintResult::from_json(json.as_bytes()).expect("parse");
         assert_eq!(back, r);
     }

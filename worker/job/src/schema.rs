@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 
 use schemars::generate::SchemaSettings;
+use schemars::transform::RestrictFormats;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::job::InpaintJob;
@@ -24,6 +25,13 @@ pub(crate) const S3_URI_PATTERN: &str = concat!(
     "^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/",
     r"(?!\.\.?(/|$))[^/\x00-\x1f\x7f]+",
     r"(/(?!\.\.?(/|$))[^/\x00-\x1f\x7f]+)*$",
+);
+
+/// An output key prefix: key segments as in [`S3_URI_PATTERN`], one optional trailing `/`, or
+/// empty.
+pub(crate) const PREFIX_PATTERN: &str = concat!(
+    r"^((?!\.\.?(/|$))[^/\x00-\x1f\x7f]+",
+    r"(/(?!\.\.?(/|$))[^/\x00-\x1f\x7f]+)*/?)?$",
 );
 
 /// A SHA-256 digest in lowercase hex.
@@ -49,7 +57,11 @@ impl JsonSchema for S3Uri {
 }
 
 fn schema_for<T: JsonSchema>() -> String {
-    let generator = SchemaSettings::draft2020_12().into_generator();
+    // Only standard formats (uuid, date-time): schemars' `uint32` and friends make strict
+    // validators such as Ajv refuse the whole schema.
+    let generator = SchemaSettings::draft2020_12()
+        .with_transform(RestrictFormats::default())
+        .into_generator();
     let schema = generator.into_root_schema_for::<T>();
     let mut text = serde_json::to_string_pretty(&schema)
         .unwrap_or_else(|e| format!("{{\"error\": \"schema did not serialize: {e}\"}}"));
@@ -79,8 +91,11 @@ pub fn cancel_schema_json() -> String {
     schema_for::<CancelRequest>()
 }
 
-/// Every committed schema: file name under `schemas/` and its generator.
-pub const SCHEMA_FILES: [(&str, fn() -> String); 4] = [
+/// A committed schema: its file name under `schemas/` and the function that generates it.
+pub type SchemaFile = (&'static str, fn() -> String);
+
+/// Every committed schema.
+pub const SCHEMA_FILES: [SchemaFile; 4] = [
     ("inpaint-job.v1.schema.json", job_schema_json),
     ("inpaint-result.v1.schema.json", result_schema_json),
     ("progress-event.v1.schema.json", progress_schema_json),
@@ -95,7 +110,6 @@ mod tests {
 
     use super::*;
     use crate::error::JobError;
-    use crate::result::InpaintResult;
 
     fn schemas_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
@@ -153,14 +167,19 @@ mod tests {
                 value["$schema"], "https://json-schema.org/draft/2020-12/schema",
                 "{name}"
             );
-            assert!(jsonschema::meta::is_valid(&value), "{name} is not a valid schema");
+            assert!(
+                jsonschema::meta::is_valid(&value),
+                "{name} is not a valid schema"
+            );
             validator(&text);
         }
     }
 
     #[test]
     fn s3_pattern_agrees_with_object_ref() {
-        let schema = validator(&serde_json::json!({"type": "string", "pattern": S3_URI_PATTERN}).to_string());
+        let schema = validator(
+            &serde_json::json!({"type": "string", "pattern": S3_URI_PATTERN}).to_string(),
+        );
         for text in [
             "s3://bucket/key.png",
             "s3://my.bucket-1/a/b c/d.png",
@@ -180,7 +199,10 @@ mod tests {
         ] {
             let rust = text.parse::<inpaint_storage::ObjectRef>().is_ok();
             let json = schema.is_valid(&Value::from(text));
-            assert_eq!(json, rust, "{text:?}: schema says {json}, ObjectRef says {rust}");
+            assert_eq!(
+                json, rust,
+                "{text:?}: schema says {json}, ObjectRef says {rust}"
+            );
         }
     }
 
@@ -192,8 +214,8 @@ mod tests {
     }
 
     fn read_expectation(path: &Path) -> Expectation {
-        let text = std::fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut code = None;
         let mut schema_rejects = None;
         for line in text.lines() {
@@ -223,35 +245,102 @@ mod tests {
         files
     }
 
-    fn is_result(path: &Path) -> bool {
-        path.file_name()
+    /// A valid example's kind comes from its name: `job-*`, `result-*`, `progress-*`,
+    /// `cancel-*`. Returns the schema text and the Rust parser's verdict.
+    fn check_with_rust(path: &Path, bytes: &[u8]) -> (String, Result<(), String>) {
+        let name = path
+            .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("result-"))
+            .unwrap_or_default();
+        let kind = name.split('-').next().unwrap_or_default();
+        match kind {
+            "job" => (
+                job_schema_json(),
+                InpaintJob::from_json(bytes)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            ),
+            "result" => (
+                result_schema_json(),
+                InpaintResult::from_json(bytes)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            ),
+            "progress" => (
+                progress_schema_json(),
+                serde_json::from_slice::<ProgressEvent>(bytes)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            ),
+            "cancel" => (
+                cancel_schema_json(),
+                CancelRequest::from_json(bytes)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            ),
+            _ => panic!("{name}: name it job-*, result-*, progress-* or cancel-*"),
+        }
     }
 
     #[test]
     fn valid_examples_pass_the_schema_and_the_parser() {
-        let job_schema = validator(&job_schema_json());
-        let result_schema = validator(&result_schema_json());
         let files = examples("valid");
         assert!(files.len() >= 7, "only {} valid examples", files.len());
         for path in files {
             let bytes = std::fs::read(&path).expect("read example");
             let value: Value = serde_json::from_slice(&bytes)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let (schema, rust) = if is_result(&path) {
-                let rust = InpaintResult::from_json(&bytes).map(drop).map_err(|e| e.to_string());
-                (&result_schema, rust)
-            } else {
-                let rust = InpaintJob::from_json(&bytes).map(drop).map_err(|e| e.to_string());
-                (&job_schema, rust)
-            };
-            let errors: Vec<String> =
-                schema.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-            assert!(errors.is_empty(), "{}: schema errors {errors:?}", path.display());
+            let (schema, rust) = check_with_rust(&path, &bytes);
+            let errors: Vec<String> = validator(&schema)
+                .iter_errors(&value)
+                .map(|e| format!("{e} at {}", e.instance_path()))
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{}: schema errors {errors:?}",
+                path.display()
+            );
             if let Err(e) = rust {
                 panic!("{}: parser refused it: {e}", path.display());
             }
+        }
+    }
+
+    #[test]
+    fn prefix_pattern_agrees_with_the_parser() {
+        let schema = validator(
+            &serde_json::json!({"type": "string", "pattern": PREFIX_PATTERN}).to_string(),
+        );
+        let base = InpaintJob::from_json(
+            br#"{"schema_version": 1, "job_id": "0b9c5a52-3f0e-4d8a-9a3e-8f6f4d1c2b7a",
+                 "prompt": "", "output": {"bucket": "outputs"}}"#,
+        )
+        .expect("valid base job");
+        for prefix in [
+            "",
+            "a",
+            "a/",
+            "a/b/c",
+            "a/b/",
+            ".well-known/x",
+            "a/...",
+            "/a",
+            "a//",
+            "a//b",
+            "..",
+            "a/./b",
+            "a/..",
+            "a\tb",
+            "a\u{0}",
+        ] {
+            let mut job = base.clone();
+            job.output.prefix = prefix.to_owned();
+            let rust = job.validate().is_ok();
+            let json = schema.is_valid(&Value::from(prefix));
+            assert_eq!(
+                json, rust,
+                "{prefix:?}: schema says {json}, parser says {rust}"
+            );
         }
     }
 
@@ -288,7 +377,9 @@ mod tests {
             if !schema_rejects {
                 rust_only.push(path);
             }
-            assert!(!matches!(error, JobError::MalformedJson { .. }) || expect.code == "malformed_json");
+            assert!(
+                !matches!(error, JobError::MalformedJson { .. }) || expect.code == "malformed_json"
+            );
         }
         // Rules only the parser enforces are listed in schemas/README.md; keep them few.
         assert!(rust_only.len() <= 4, "rust-only rules: {rust_only:?}");
