@@ -1,0 +1,173 @@
+//! inpaint-stages: the closed set of built-in plugin stages, as the worker's configuration
+//! names them.
+//!
+//! Why a crate of its own: [`StageConfig`] has one variant per plugin crate, and every plugin
+//! crate depends on `inpaint-plugin-api` for the `Stage` trait. Putting the enum in the API
+//! crate would make the API depend on every plugin (a dependency cycle); a cargo feature does
+//! not break the cycle. So the API stays small and this crate, which depends on all built-in
+//! plugins, owns the enum. The worker depends on this crate and on the API.
+//!
+//! Adding a built-in stage (safety-checker, watermark, provenance, http, exec, ...):
+//! 1. add the plugin crate as a dependency here;
+//! 2. add a variant `Name(NameConfig)` to [`StageConfig`] (the serde tag is the kebab-case
+//!    variant name);
+//! 3. add its arm to [`StageConfig::kind_name`] (the same kebab-case name; a test checks they
+//!    agree) and to [`StageConfig::build`].
+//!
+//! The compiler's exhaustive matches point at every place that needs the new variant.
+
+use inpaint_plugin_api::{Chain, ChainPolicyError, Stage, StageError, check_required_kinds};
+use inpaint_prompt_policy::PromptPolicyConfig;
+use serde::{Deserialize, Serialize};
+
+pub use inpaint_plugin_api::REQUIRED_STAGE_KINDS;
+
+/// One configured stage of the plugin chain, tagged by `type`:
+///
+/// ```toml
+/// [[plugins]]
+/// type = "prompt-policy"
+/// load_defaults = true
+/// files = []
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum StageConfig {
+    /// Prompt policy before inference (OpenRAIL-M Attachment A categories).
+    PromptPolicy(PromptPolicyConfig),
+}
+
+impl StageConfig {
+    /// The stage kind, equal to the `type` tag in configuration.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            StageConfig::PromptPolicy(_) => "prompt-policy",
+        }
+    }
+
+    /// Builds the running stage.
+    pub fn build(&self) -> Result<Box<dyn Stage>, StageError> {
+        let kind = self.kind_name();
+        let build_error = |source: Box<dyn std::error::Error + Send + Sync>| StageError::Build {
+            stage: kind.to_owned(),
+            source,
+        };
+        match self {
+            StageConfig::PromptPolicy(config) => Ok(Box::new(
+                config.build().map_err(|e| build_error(Box::new(e)))?,
+            )),
+        }
+    }
+}
+
+/// Refuses a chain without the required stage kinds ([`REQUIRED_STAGE_KINDS`]) unless
+/// `override_` is set; returns the warnings to log at warn on every start.
+pub fn check_required(
+    stages: &[StageConfig],
+    override_: bool,
+) -> Result<Vec<String>, ChainPolicyError> {
+    check_required_kinds(stages.iter().map(StageConfig::kind_name), override_)
+}
+
+/// Builds every configured stage, in order, into a [`Chain`].
+pub fn build_chain(stages: &[StageConfig]) -> Result<Chain, StageError> {
+    stages
+        .iter()
+        .map(StageConfig::build)
+        .collect::<Result<Vec<_>, _>>()
+        .map(Chain::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use inpaint_plugin_api::JobContext;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Settings {
+        plugins: Vec<StageConfig>,
+    }
+
+    #[test]
+    fn configuration_is_a_tagged_list() {
+        let settings: Settings = toml::from_str(
+            r#"
+[[plugins]]
+type = "prompt-policy"
+
+[[plugins]]
+type = "prompt-policy"
+load_defaults = false
+files = ["local.toml"]
+"#,
+        )
+        .expect("valid settings");
+        assert_eq!(settings.plugins.len(), 2);
+        assert_eq!(
+            settings.plugins[0],
+            StageConfig::PromptPolicy(PromptPolicyConfig::default())
+        );
+        let StageConfig::PromptPolicy(second) = &settings.plugins[1];
+        assert!(!second.load_defaults);
+    }
+
+    #[test]
+    fn unknown_types_and_fields_are_refused() {
+        assert!(toml::from_str::<Settings>("[[plugins]]\ntype = \"nope\"\n").is_err());
+        assert!(
+            toml::from_str::<Settings>("[[plugins]]\ntype = \"prompt-policy\"\nfile = []\n")
+                .is_err()
+        );
+    }
+
+    #[test]
+    // One entry per variant: the list grows with the enum.
+    #[allow(clippy::single_element_loop)]
+    fn kind_name_matches_the_serde_tag() {
+        for config in [StageConfig::PromptPolicy(PromptPolicyConfig::default())] {
+            let json = serde_json::to_value(&config).expect("serialize");
+            assert_eq!(json["type"], config.kind_name());
+        }
+    }
+
+    #[test]
+    fn chain_policy_applies_to_configured_kinds() {
+        let stages = vec![StageConfig::PromptPolicy(PromptPolicyConfig::default())];
+        let err = check_required(&stages, false).expect_err("no safety checker, no watermark");
+        assert_eq!(
+            err,
+            ChainPolicyError::MissingRequired {
+                missing: vec!["safety-checker".into(), "watermark".into()]
+            }
+        );
+        let warnings = check_required(&stages, true).expect("override");
+        assert_eq!(warnings.len(), 2);
+    }
+
+    #[test]
+    fn build_errors_name_the_stage_kind() {
+        let stages = vec![StageConfig::PromptPolicy(PromptPolicyConfig {
+            load_defaults: false,
+            files: Vec::new(),
+        })];
+        let err = build_chain(&stages).expect_err("empty policy");
+        assert!(
+            err.to_string()
+                .starts_with("cannot build stage `prompt-policy`"),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn built_chain_runs() {
+        let chain = build_chain(&[StageConfig::PromptPolicy(PromptPolicyConfig::default())])
+            .expect("build");
+        assert_eq!(chain.names().collect::<Vec<_>>(), vec!["prompt-policy"]);
+        let outcome = chain
+            .before_inference(JobContext::new(uuid::Uuid::nil(), "a calm harbour at dawn"))
+            .expect("runs");
+        assert!(!outcome.is_blocked());
+    }
+}
