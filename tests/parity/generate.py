@@ -377,10 +377,19 @@ def make_image(width: int, height: int, variant: int = 0) -> Image.Image:
     return Image.fromarray(img.astype(np.uint8), "RGB")
 
 
-def make_mask(width: int, height: int, mode: str = "L") -> Image.Image:
-    """Black (keep) background; white rectangle (repaint); greys near 0.5 so binarisation matters."""
+def make_mask(width: int, height: int, mode: str = "L", kind: str = "default") -> Image.Image:
+    """Black (keep) background; white rectangle (repaint); greys near 0.5 so binarisation matters.
+
+    kind="compact": a white rectangle with a 3-pixel grey feather (64/128/192) and nothing else, so that
+    `padding_mask_crop` finds a real crop region and `apply_overlay` blends the greys.
+    """
     y, x = np.mgrid[0:height, 0:width].astype(np.int64)
     m = np.zeros((height, width), np.int64)
+    if kind == "compact":
+        x0, x1, y0, y1 = width * 5 // 12, width * 7 // 12, height * 3 // 8, height * 5 // 8
+        for ring, val in ((3, 64), (2, 128), (1, 192), (0, 255)):
+            m[(x >= x0 - ring) & (x < x1 + ring) & (y >= y0 - ring) & (y < y1 + ring)] = val
+        return Image.fromarray(m.astype(np.uint8), "L")
     m[(x >= width // 4) & (x < width * 5 // 8) & (y >= height // 4) & (y < height * 3 // 4)] = 255
     # ellipse at 128 (128/255 = 0.502 -> 1 = repaint)
     ell = ((x - width * 3 // 4) * 2) ** 2 + ((y - height * 3 // 4) * 3) ** 2 <= (min(width, height) // 2) ** 2
@@ -438,6 +447,12 @@ CASES = [
          covers=["DDIM eta 0.5 (per-step noise from each image's generator)", "2 images, list of generators",
                  "strength 0.6", "per-block attention_head_dim list", "cross_attention_dim 48",
                  "VAE factor 4"]),
+    dict(name="b_ddim_eta05_seed2_alone", model="tiny-sd-b", scheduler="DDIMScheduler",
+         prompt="an astronaut riding a horse on the moon", width=64, height=48, steps=4, guidance=7.5,
+         strength=0.6, seeds=[2], num_images=1, eta=0.5,
+         covers=["same as b_ddim_eta05_two_generators but seed 2 alone: its output differs from image 1 of that "
+                 "case, because diffusers samples the VAE latents of the (single) input image with generator[0] "
+                 "only and shares them across the batch"]),
     dict(name="b_euler_cfg", model="tiny-sd-b", scheduler="EulerDiscreteScheduler",
          prompt="a dog playing with a ball in the park", width=32, height=64, steps=4, guidance=7.5,
          strength=1.0, seeds=[11],
@@ -461,6 +476,12 @@ CASES = [
          prompt="a boat on the river", width=64, height=48, steps=3, guidance=7.5, strength=0.6, seeds=[8],
          covers=["latent 8x6 not divisible by 2**3: UNet forwards upsample_size (nearest to 3 from 2 etc.)",
                  "strength 0.6 with PNDM"]),
+    dict(name="a_padding_mask_crop", model="tiny-sd-a", scheduler="PNDMScheduler",
+         prompt="a bird on a branch", width=32, height=32, steps=3, guidance=7.5, strength=1.0, seeds=[4],
+         image_size=(96, 64), mask_kind="compact", padding_mask_crop=4,
+         covers=["padding_mask_crop=4 (optional feature): crop region from the mask, crop + PIL lanczos 'fill' "
+                 "resize to 32x32, result resized back and pasted with apply_overlay (original pixels kept where "
+                 "mask is 0, grey feather blended by PIL alpha)", "input image 96x64 != processing size"]),
     dict(name="d_4ch_pndm_cfg", model="tiny-sd-4ch", scheduler="PNDMScheduler",
          prompt="a close up of a flower with water drops", width=64, height=48, steps=4, guidance=7.5,
          strength=1.0, seeds=[3],
@@ -586,6 +607,7 @@ def run_case(pipe: StableDiffusionInpaintPipeline, case: dict, out_dir: Path, ou
             strength=case["strength"],
             eta=case.get("eta", 0.0),
             num_images_per_prompt=case.get("num_images", 1),
+            padding_mask_crop=case.get("padding_mask_crop"),
             generator=gens,
             output_type=output_type,
             callback_on_step_end=on_step_end if record else None,
@@ -652,21 +674,29 @@ def main():
         out_dir = cases_dir / case["name"]
         out_dir.mkdir(parents=True)
         variant = sum(map(ord, case["name"])) % 5
-        make_image(case["width"], case["height"], variant).save(out_dir / "image.png")
-        make_mask(case["width"], case["height"], case.get("mask_mode", "L")).save(out_dir / "mask.png")
+        iw, ih = case.get("image_size", (case["width"], case["height"]))
+        make_image(iw, ih, variant).save(out_dir / "image.png")
+        make_mask(iw, ih, case.get("mask_mode", "L"), case.get("mask_kind", "default")).save(out_dir / "mask.png")
 
-        images, inter, timesteps, gens, sched = run_case(pipe, case, out_dir)
+        crop = case.get("padding_mask_crop")
+        # apply_overlay (padding_mask_crop) only works on PIL outputs
+        images, inter, timesteps, gens, sched = run_case(pipe, case, out_dir, output_type="pil" if crop else "np")
         case["_timesteps"] = timesteps
         vsf = pipe.vae_scale_factor
         latent_hw = (case["height"] // vsf, case["width"] // vsf)
         draws = expected_draws(case, latent_hw, pipe.unet.config.in_channels, sched)
         verify_draws(case, draws, gens, inter["noise"])
 
-        images = np.asarray(images, dtype=np.float32)
-        np.save(out_dir / "outputs.npy", images)
-        inter["output_image"] = torch.from_numpy(images.copy())
+        if crop:
+            pil_images = images
+            images = np.stack([np.asarray(im) for im in pil_images]).astype(np.float32) / 255.0
+        else:
+            images = np.asarray(images, dtype=np.float32)
+            np.save(out_dir / "outputs.npy", images)
+            inter["output_image"] = torch.from_numpy(images.copy())
+            pil_images = to_pil(images)
         outputs = []
-        for i, im in enumerate(to_pil(images)):
+        for i, im in enumerate(pil_images):
             fn = f"output_{i}.png"
             im.save(out_dir / fn)
             outputs.append(fn)
@@ -696,13 +726,16 @@ def main():
             "seeds": case["seeds"],
             "generator_mode": case.get("generator_mode", "list"),
             "num_images_per_prompt": case.get("num_images", 1),
-            "padding_mask_crop": None,
+            "padding_mask_crop": crop,
+            "image_size": [iw, ih],
+            "crop_region": list(pipe.mask_processor.get_crop_region(
+                Image.open(out_dir / "mask.png"), case["width"], case["height"], pad=crop)) if crop else None,
             "output_type": "pil",
             "image": "image.png",
             "mask": "mask.png",
             "mask_png_mode": case.get("mask_mode", "L"),
             "outputs": outputs,
-            "outputs_npy": "outputs.npy",
+            "outputs_npy": None if crop else "outputs.npy",
             "intermediates": "intermediates.safetensors",
             "intermediate_keys": sorted(inter.keys()),
             "vae_scale_factor": vsf,
