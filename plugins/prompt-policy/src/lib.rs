@@ -12,7 +12,7 @@
 //!
 //! Layout:
 //! - [`normalize`]: text normalisation shared by prompts and list terms.
-//! - [`file`]: the policy file format and merging of several files.
+//! - [`file`](mod@file): the policy file format and merging of several files.
 //! - [`policy`]: compilation (one Aho-Corasick automaton, one `RegexSet`) and evaluation.
 //! - [`stage`]: [`PromptPolicyConfig`] and the [`PromptPolicy`] stage.
 //! - [`defaults`]: the embedded built-in lists.
