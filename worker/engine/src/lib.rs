@@ -12,6 +12,7 @@
 pub mod device;
 pub mod error;
 pub mod image_tensor;
+pub mod schedulers;
 
 pub use device::{DeviceSpec, Precision};
 pub use error::EngineError;
