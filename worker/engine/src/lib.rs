@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod image_tensor;
 pub mod schedulers;
+pub mod tokenizer;
 
 pub use device::{DeviceSpec, Precision};
 pub use error::EngineError;
