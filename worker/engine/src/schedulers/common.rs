@@ -3,8 +3,6 @@
 //! `arange`, `interp` and round-half-to-even, the sigma ↔ timestep conversions and Karras sigmas,
 //! and helpers for fp32 tensor-times-scalar arithmetic.
 
-#![allow(dead_code)] // TEMP until euler/dpm land
-
 use tch::{Device, Kind, Tensor};
 
 use super::{BetaSchedule, SchedulerConfig};
@@ -136,12 +134,13 @@ pub(crate) fn interp_index(x: f64, fp: &[f32]) -> f64 {
 /// interpolated linearly in log space. `log_sigmas` are the fp32 logs of the training sigmas.
 pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
     let log_sigma = sigma.max(1e-10).ln();
-    // The last index whose log-sigma is <= log_sigma (0 if none), at most len - 2.
-    let count = log_sigmas
+    // argmax(cumsum(dists >= 0)): the last index whose log-sigma is <= log_sigma (0 if none),
+    // at most len - 2.
+    let last_true = log_sigmas
         .iter()
-        .filter(|&&l| log_sigma - f64::from(l) >= 0.0)
-        .count();
-    let low_idx = count.saturating_sub(1).min(log_sigmas.len() - 2);
+        .rposition(|&l| log_sigma - f64::from(l) >= 0.0)
+        .unwrap_or(0);
+    let low_idx = last_true.min(log_sigmas.len() - 2);
     let high_idx = low_idx + 1;
     let low = f64::from(log_sigmas[low_idx]);
     let high = f64::from(log_sigmas[high_idx]);

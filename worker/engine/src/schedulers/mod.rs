@@ -12,6 +12,9 @@
 //! as fp32, which is what diffusers' timestep embedding computes with (`timesteps.float()`).
 
 pub mod ddim;
+pub mod dpm_solver_multistep;
+pub mod euler;
+pub mod euler_ancestral;
 pub mod noise;
 pub mod pndm;
 
@@ -360,10 +363,19 @@ pub fn build(
         SchedulerKind::Ddim => {
             Box::new(ddim::DdimScheduler::new(&config, num_inference_steps, eta)?)
         }
-        other => {
-            return Err(EngineError::InvalidInput(format!(
-                "scheduler {other} is not implemented yet"
-            )));
+        SchedulerKind::Euler => Box::new(euler::EulerDiscreteScheduler::new(
+            &config,
+            num_inference_steps,
+        )?),
+        SchedulerKind::EulerAncestral => Box::new(
+            euler_ancestral::EulerAncestralDiscreteScheduler::new(&config, num_inference_steps)?,
+        ),
+        SchedulerKind::Dpmpp2m | SchedulerKind::Dpmpp2mKarras => {
+            Box::new(dpm_solver_multistep::DpmSolverMultistepScheduler::new(
+                kind,
+                &config,
+                num_inference_steps,
+            )?)
         }
     })
 }

@@ -160,9 +160,6 @@ fn every_scheduler_matches_diffusers() {
     let mut per_kind: Vec<(SchedulerKind, f64)> =
         SchedulerKind::ALL.iter().map(|&k| (k, 0.0)).collect();
     for case in &fixture.cases {
-        if !matches!(case.kind, SchedulerKind::Pndm | SchedulerKind::Ddim) {
-            continue;
-        }
         let worst = run_case(case);
         eprintln!("{:<100} max rel diff {worst:.3e}", case.name);
         assert!(
