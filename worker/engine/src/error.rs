@@ -15,6 +15,13 @@ pub enum EngineError {
     /// Input that the engine cannot work with (wrong shape, empty image, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A model folder, config or weights file that cannot be used; the message names the file
+    /// and every problem found.
+    #[error("model: {0}")]
+    Model(String),
+    /// The caller cancelled the run between two denoising steps.
+    #[error("cancelled")]
+    Cancelled,
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

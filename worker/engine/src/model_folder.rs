@@ -1,0 +1,105 @@
+//! Loading a diffusers-format model folder (model_index.json, unet/, vae/, text_encoder/,
+//! tokenizer/, scheduler/): which files to read, in which variant, onto which device.
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind};
+
+use crate::EngineError;
+use crate::config::{ClipTextConfig, UNetConfig, VaeConfig, read_json};
+use crate::models::clip::ClipTextModel;
+use crate::models::unet_2d::UNet2DConditionModel;
+use crate::models::vae::AutoencoderKL;
+use crate::weights::WeightStore;
+
+/// Where and how to load a model folder.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub kind: Kind,
+    /// Weights variant: None reads `*.safetensors`, `Some("fp16")` reads `*.fp16.safetensors`.
+    pub variant: Option<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            kind: Kind::Float,
+            variant: None,
+        }
+    }
+}
+
+/// The weights file of a component: `<dir>/<stem>[.<variant>].safetensors`.
+fn weights_path(dir: &Path, stem: &str, variant: Option<&str>) -> Result<PathBuf, EngineError> {
+    let name = match variant {
+        Some(v) => format!("{stem}.{v}.safetensors"),
+        None => format!("{stem}.safetensors"),
+    };
+    let path = dir.join(&name);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let pickle = dir.join(format!("{stem}.bin"));
+    let hint = if pickle.is_file() {
+        " (only a pickle .bin is there: convert it to safetensors; pickles are never loaded)"
+    } else {
+        ""
+    };
+    Err(EngineError::Model(format!(
+        "{}: missing{hint}",
+        path.display()
+    )))
+}
+
+fn component_dir(folder: &Path, name: &str) -> Result<PathBuf, EngineError> {
+    let dir = folder.join(name);
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(EngineError::Model(format!(
+            "{}: component folder missing",
+            dir.display()
+        )))
+    }
+}
+
+/// Loads `unet/` with names and shapes checked.
+pub fn load_unet(
+    folder: &Path,
+    options: &LoadOptions,
+) -> Result<UNet2DConditionModel, EngineError> {
+    let dir = component_dir(folder, "unet")?;
+    let config: UNetConfig = read_json(&dir.join("config.json"))?;
+    let path = weights_path(&dir, "diffusion_pytorch_model", options.variant.as_deref())?;
+    let store = WeightStore::open(&path, options.kind, options.device)?;
+    let unet = UNet2DConditionModel::load(&store.root(), &config)?;
+    store.finish(&[])?;
+    Ok(unet)
+}
+
+/// Loads `vae/` with names and shapes checked.
+pub fn load_vae(folder: &Path, options: &LoadOptions) -> Result<AutoencoderKL, EngineError> {
+    let dir = component_dir(folder, "vae")?;
+    let config: VaeConfig = read_json(&dir.join("config.json"))?;
+    let path = weights_path(&dir, "diffusion_pytorch_model", options.variant.as_deref())?;
+    let store = WeightStore::open(&path, options.kind, options.device)?;
+    let vae = AutoencoderKL::load(&store.root(), &config)?;
+    store.finish(&[])?;
+    Ok(vae)
+}
+
+/// Loads `text_encoder/` with names and shapes checked.
+pub fn load_text_encoder(
+    folder: &Path,
+    options: &LoadOptions,
+) -> Result<ClipTextModel, EngineError> {
+    let dir = component_dir(folder, "text_encoder")?;
+    let config: ClipTextConfig = read_json(&dir.join("config.json"))?;
+    let path = weights_path(&dir, "model", options.variant.as_deref())?;
+    let store = WeightStore::open(&path, options.kind, options.device)?;
+    let model = ClipTextModel::load(&store.root(), &config)?;
+    store.finish(ClipTextModel::IGNORABLE)?;
+    Ok(model)
+}

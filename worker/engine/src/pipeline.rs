@@ -1,0 +1,439 @@
+//! The inpainting pipeline: diffusers' `StableDiffusionInpaintPipeline.__call__` as library code.
+//!
+//! Order of work and of random draws follows diffusers exactly, per image: (a) the image-latent
+//! sample when strength < 1 or the UNet has 4 channels, (b) the initial noise, (c) the
+//! masked-image-latent sample, (d) the noise of stochastic scheduler steps. Each image draws from
+//! its own generator seeded with its own seed, so an image is the same whatever batch it ran in.
+//! (diffusers, given a list of generators, draws (a) and (c) from the first generator only and
+//! shares them across the batch; [`BatchNoise::DiffusersList`] reproduces that for comparison.)
+
+use std::path::{Path, PathBuf};
+
+use image::{GrayImage, RgbImage};
+use tch::{Device, Kind, Tensor};
+
+use crate::EngineError;
+use crate::config::read_json;
+use crate::image_tensor::{rgb_to_tensor, tensor_to_rgb};
+use crate::model_folder::{LoadOptions, load_text_encoder, load_unet, load_vae};
+use crate::models::clip::ClipTextModel;
+use crate::models::unet_2d::UNet2DConditionModel;
+use crate::models::vae::AutoencoderKL;
+use crate::schedulers::{
+    self, CpuGenerator, Generators, NoiseSource, SchedulerConfig, SchedulerKind,
+};
+use crate::tokenizer::ClipTokenizer;
+
+/// How the images of one batch get their random numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchNoise {
+    /// Every draw of image i comes from generator i: an image equals the same seed run alone.
+    #[default]
+    PerImage,
+    /// diffusers with `generator=[...]`: the VAE samples come from the first generator and are
+    /// shared; initial and step noise per image. Only for reproducing diffusers' batches.
+    DiffusersList,
+}
+
+/// One inpainting call: everything but the model.
+#[derive(Clone, Debug)]
+pub struct InpaintRequest {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    /// The picture to inpaint; None: text-only mode (everything is repainted).
+    pub image: Option<RgbImage>,
+    /// White = repaint; binarised at 0.5 for conditioning as diffusers does. Same size as `image`.
+    pub mask: Option<GrayImage>,
+    /// Output size; both multiples of 8 and equal to the image's size.
+    pub width: u32,
+    pub height: u32,
+    pub num_inference_steps: usize,
+    /// Classifier-free guidance scale; guidance runs only above 1, as in diffusers.
+    pub guidance_scale: f64,
+    /// In (0, 1]: below 1 the loop starts from the noised input.
+    pub strength: f64,
+    /// DDIM's eta; ignored by the other schedulers.
+    pub eta: f64,
+    pub scheduler: SchedulerKind,
+    /// One seed per output image.
+    pub seeds: Vec<u64>,
+    pub batch_noise: BatchNoise,
+}
+
+/// What [`InpaintPipeline::run`] produced.
+#[derive(Debug)]
+pub struct InpaintOutput {
+    /// The decoded images, one per seed, before any compositing.
+    pub images: Vec<RgbImage>,
+    /// The binarised mask used for conditioning (255 = repainted), at output size.
+    pub mask: GrayImage,
+    /// Whether the prompt or the negative prompt was cut to the tokenizer's maximum length.
+    pub prompt_truncated: bool,
+}
+
+/// What the step callback may decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepControl {
+    Continue,
+    Cancel,
+}
+
+/// A loaded model: weights load once and serve many requests.
+#[derive(Debug)]
+pub struct InpaintPipeline {
+    folder: PathBuf,
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextModel,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    scheduler_config: SchedulerConfig,
+    device: Device,
+    kind: Kind,
+}
+
+fn model_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Model(e.to_string())
+}
+
+/// PIL's `convert("L")` for RGB: `(R*19595 + G*38470 + B*7471 + 0x8000) >> 16`.
+pub fn pil_luma(image: &RgbImage) -> GrayImage {
+    GrayImage::from_fn(image.width(), image.height(), |x, y| {
+        let [r, g, b] = image.get_pixel(x, y).0;
+        let l = (u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16;
+        image::Luma([l as u8])
+    })
+}
+
+impl InpaintPipeline {
+    /// Loads a diffusers-format folder: text encoder, tokenizer, UNet, VAE and scheduler config.
+    /// The VAE always runs in f32 (diffusers' `force_upcast` for SD-1.5's VAE).
+    pub fn load(folder: &Path, options: &LoadOptions) -> Result<Self, EngineError> {
+        if !folder.join("model_index.json").is_file() {
+            return Err(EngineError::Model(format!(
+                "{}: not a diffusers model folder (no model_index.json)",
+                folder.display()
+            )));
+        }
+        let tokenizer =
+            ClipTokenizer::from_folder(folder.join("tokenizer")).map_err(model_error)?;
+        let text_encoder = load_text_encoder(folder, options)?;
+        let unet = load_unet(folder, options)?;
+        let vae = load_vae(
+            folder,
+            &LoadOptions {
+                kind: Kind::Float,
+                ..options.clone()
+            },
+        )?;
+        let scheduler_config: SchedulerConfig =
+            read_json(&folder.join("scheduler/scheduler_config.json"))?;
+        let unet_in = unet.config().in_channels;
+        let latent = vae.config().latent_channels;
+        if unet_in != latent && unet_in != 2 * latent + 1 {
+            return Err(EngineError::Model(format!(
+                "unet in_channels {unet_in} fits neither a {latent}-channel latent (standard) \
+                 nor {} (inpainting)",
+                2 * latent + 1
+            )));
+        }
+        if tokenizer.model_max_length() as i64 > text_encoder.config().max_position_embeddings {
+            return Err(EngineError::Model(format!(
+                "tokenizer model_max_length {} exceeds the text encoder's {} positions",
+                tokenizer.model_max_length(),
+                text_encoder.config().max_position_embeddings
+            )));
+        }
+        Ok(Self {
+            folder: folder.to_path_buf(),
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler_config: scheduler_config.with_inpaint_pipeline_fixups(),
+            device: options.device,
+            kind: options.kind,
+        })
+    }
+
+    /// The folder the model came from.
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+
+    /// Pixels per latent along each axis.
+    pub fn vae_scale_factor(&self) -> i64 {
+        self.vae.config().scale_factor()
+    }
+
+    /// diffusers' default output size: `unet.sample_size * vae_scale_factor` (512 for SD-1.5).
+    pub fn native_resolution(&self) -> u32 {
+        let sample = self.unet.config().sample_size.unwrap_or(64);
+        u32::try_from(sample * self.vae_scale_factor()).unwrap_or(512)
+    }
+
+    /// True when the UNet takes mask and masked-image latents (9 channels).
+    pub fn is_inpainting_unet(&self) -> bool {
+        self.unet.config().in_channels != self.vae.config().latent_channels
+    }
+
+    fn check(&self, r: &InpaintRequest) -> Result<(), EngineError> {
+        let invalid = |m: String| Err(EngineError::InvalidInput(m));
+        let factor = self.vae_scale_factor() as u32;
+        if r.width == 0 || r.height == 0 || !r.width.is_multiple_of(8) || !r.height.is_multiple_of(8) {
+            return invalid(format!(
+                "size {}x{} must be positive multiples of 8",
+                r.width, r.height
+            ));
+        }
+        if !r.width.is_multiple_of(factor) || !r.height.is_multiple_of(factor) {
+            return invalid(format!(
+                "size {}x{} must be multiples of the VAE's scale factor {factor}",
+                r.width, r.height
+            ));
+        }
+        if r.seeds.is_empty() {
+            return invalid("at least one seed (one per image) is required".into());
+        }
+        if !(r.strength > 0.0 && r.strength <= 1.0) {
+            return invalid(format!("strength must be in (0, 1], got {}", r.strength));
+        }
+        if !r.guidance_scale.is_finite() || r.guidance_scale < 0.0 {
+            return invalid(format!(
+                "guidance_scale must be >= 0, got {}",
+                r.guidance_scale
+            ));
+        }
+        if r.num_inference_steps == 0 || r.num_inference_steps > 1000 {
+            return invalid(format!(
+                "steps must be 1 to 1000, got {}",
+                r.num_inference_steps
+            ));
+        }
+        match (&r.image, &r.mask) {
+            (Some(image), Some(mask)) => {
+                if image.dimensions() != (r.width, r.height) {
+                    return invalid(format!(
+                        "image is {}x{}, output size is {}x{}: resize or crop first",
+                        image.width(),
+                        image.height(),
+                        r.width,
+                        r.height
+                    ));
+                }
+                if mask.dimensions() != image.dimensions() {
+                    return invalid(format!(
+                        "mask is {}x{} but image is {}x{}",
+                        mask.width(),
+                        mask.height(),
+                        image.width(),
+                        image.height()
+                    ));
+                }
+            }
+            (None, None) => {
+                if r.strength < 1.0 {
+                    return invalid("text-only mode needs strength 1".into());
+                }
+            }
+            _ => return invalid("image and mask must be given together".into()),
+        }
+        Ok(())
+    }
+
+    fn encode_text(&self, text: &str, copies: i64) -> Result<(Tensor, bool), EngineError> {
+        let encoding = self.tokenizer.encode(text);
+        let ids = Tensor::f_from_slice(&encoding.ids)?
+            .f_unsqueeze(0)?
+            .f_to_device(self.device)?;
+        let embeds = self.text_encoder.forward(&ids)?;
+        Ok((embeds.f_repeat([copies, 1, 1])?, encoding.truncated))
+    }
+
+    /// Runs the request. `on_step(done, total)` is called after every denoising step; returning
+    /// [`StepControl::Cancel`] stops with [`EngineError::Cancelled`].
+    pub fn run(
+        &self,
+        r: &InpaintRequest,
+        on_step: &mut dyn FnMut(usize, usize) -> StepControl,
+    ) -> Result<InpaintOutput, EngineError> {
+        self.check(r)?;
+        let _guard = tch::no_grad_guard();
+        let n = r.seeds.len() as i64;
+        let device = self.device;
+        let factor = self.vae_scale_factor();
+        let (h, w) = (i64::from(r.height), i64::from(r.width));
+        let (lh, lw) = (h / factor, w / factor);
+        let latent_channels = self.vae.config().latent_channels;
+        let scaling = self.vae.config().scaling_factor;
+        let inpainting_unet = self.is_inpainting_unet();
+        let cfg = r.guidance_scale > 1.0;
+
+        // Text conditioning: [negative x n, positive x n] with guidance, else positive x n.
+        let (positive, mut truncated) = self.encode_text(&r.prompt, n)?;
+        let context = if cfg {
+            let (negative, neg_truncated) =
+                self.encode_text(r.negative_prompt.as_deref().unwrap_or(""), n)?;
+            truncated |= neg_truncated;
+            Tensor::f_cat(&[negative, positive], 0)?
+        } else {
+            positive
+        };
+        let context = context.f_to_kind(self.kind)?;
+
+        // Scheduler and the strength cut.
+        let mut scheduler = schedulers::build(
+            r.scheduler,
+            &self.scheduler_config,
+            r.num_inference_steps,
+            r.eta,
+        )?;
+        let (timesteps, _) =
+            schedulers::apply_strength(scheduler.as_mut(), r.num_inference_steps, r.strength)?;
+        let first_t = *timesteps
+            .first()
+            .ok_or_else(|| EngineError::InvalidInput("strength leaves no denoising step".into()))?;
+
+        // Image and mask at output size: mask binarised at 0.5, masked image = image * (mask < 0.5).
+        let (image, mask_gray) = match (&r.image, &r.mask) {
+            (Some(image), Some(mask)) => (image.clone(), mask.clone()),
+            _ => (
+                RgbImage::new(r.width, r.height),
+                GrayImage::from_pixel(r.width, r.height, image::Luma([255])),
+            ),
+        };
+        let image_t = rgb_to_tensor(&image, device)?;
+        let mask_f = Tensor::f_from_slice(mask_gray.as_raw())?
+            .f_view([1, 1, h, w])?
+            .f_to_kind(Kind::Float)?
+            .f_div_scalar(255.0)?;
+        let mask_bin = mask_f
+            .f_ge(0.5)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(device)?;
+        let keep = mask_bin.f_lt(0.5)?.f_to_kind(Kind::Float)?;
+        let masked_image = image_t.f_mul(&keep)?;
+
+        let need_image_latents = !inpainting_unet || r.strength < 1.0;
+        let image_dist = need_image_latents.then(|| self.vae.encode(&image_t));
+        let masked_dist = self.vae.encode(&masked_image);
+        let one = [1, latent_channels, lh, lw];
+
+        // Per-image draws in diffusers' order: (a) image-latent sample, (b) noise, (c) masked.
+        let mut generators: Vec<CpuGenerator> =
+            r.seeds.iter().map(|&s| CpuGenerator::new(s)).collect();
+        let mut image_latents: Vec<Tensor> = Vec::new();
+        let mut noises: Vec<Tensor> = Vec::new();
+        let mut masked_latents: Vec<Tensor> = Vec::new();
+        for (i, generator) in generators.iter_mut().enumerate() {
+            let shared = r.batch_noise == BatchNoise::DiffusersList && i > 0;
+            if let Some(dist) = &image_dist {
+                if shared {
+                    image_latents.push(image_latents[0].shallow_clone());
+                } else {
+                    let sample = generator.randn(&one, Kind::Float, device)?;
+                    image_latents.push(dist.sample_with(&sample).f_mul_scalar(scaling)?);
+                }
+            }
+            noises.push(generator.randn(&one, Kind::Float, device)?);
+            if shared {
+                masked_latents.push(masked_latents[0].shallow_clone());
+            } else {
+                let sample = generator.randn(&one, Kind::Float, device)?;
+                masked_latents.push(masked_dist.sample_with(&sample).f_mul_scalar(scaling)?);
+            }
+        }
+        let noise = Tensor::f_cat(&noises, 0)?;
+        let image_latents = if image_latents.is_empty() {
+            None
+        } else {
+            Some(Tensor::f_cat(&image_latents, 0)?)
+        };
+        let masked_latents = Tensor::f_cat(&masked_latents, 0)?;
+
+        let mut latents = if r.strength >= 1.0 {
+            noise.f_mul_scalar(scheduler.init_noise_sigma())?
+        } else {
+            let start = image_latents.as_ref().ok_or_else(|| {
+                EngineError::InvalidInput("strength < 1 needs image latents".into())
+            })?;
+            scheduler.add_noise(start, &noise, first_t)?
+        };
+
+        // Conditioning channels for the 9-channel UNet, doubled for guidance.
+        let mask_latent = mask_bin
+            .f_upsample_nearest2d([lh, lw], None, None)?
+            .f_repeat([n, 1, 1, 1])?;
+        let double = |t: &Tensor| -> Result<Tensor, EngineError> {
+            Ok(if cfg {
+                Tensor::f_cat(&[t, t], 0)?
+            } else {
+                t.shallow_clone()
+            })
+        };
+        let conditioning = if inpainting_unet {
+            Some(Tensor::f_cat(
+                &[double(&mask_latent)?, double(&masked_latents)?],
+                1,
+            )?)
+        } else {
+            None
+        };
+
+        let mut step_noise = Generators(generators);
+        let total = timesteps.len();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let input = double(&latents)?;
+            let input = scheduler.scale_model_input(&input, t)?;
+            let input = match &conditioning {
+                Some(c) => Tensor::f_cat(&[input, c.shallow_clone()], 1)?,
+                None => input,
+            };
+            let prediction = self
+                .unet
+                .forward(&input.f_to_kind(self.kind)?, t, &context)
+                .f_to_kind(Kind::Float)?;
+            let guided = if cfg {
+                let halves = prediction.f_chunk(2, 0)?;
+                let (uncond, text) = (&halves[0], &halves[1]);
+                uncond.f_add(&text.f_sub(uncond)?.f_mul_scalar(r.guidance_scale)?)?
+            } else {
+                prediction
+            };
+            latents = scheduler.step(
+                &guided,
+                t,
+                &latents,
+                &mut step_noise as &mut dyn NoiseSource,
+            )?;
+            if !inpainting_unet && let Some(original) = &image_latents {
+                // 4-channel UNet: keep the unmasked region on the image's own noise trajectory.
+                let proper = match timesteps.get(i + 1) {
+                    Some(&next) => scheduler.add_noise(original, &noise, next)?,
+                    None => original.shallow_clone(),
+                };
+                let inverse = mask_latent.f_neg()?.f_add_scalar(1.0)?;
+                latents = proper
+                    .f_mul(&inverse)?
+                    .f_add(&mask_latent.f_mul(&latents)?)?;
+            }
+            if on_step(i + 1, total) == StepControl::Cancel {
+                return Err(EngineError::Cancelled);
+            }
+        }
+
+        let decoded = self.vae.decode(&latents.f_div_scalar(scaling)?);
+        let images = tensor_to_rgb(&decoded)?;
+        let mask = GrayImage::from_fn(r.width, r.height, |x, y| {
+            image::Luma([if mask_gray.get_pixel(x, y).0[0] >= 128 {
+                255
+            } else {
+                0
+            }])
+        });
+        Ok(InpaintOutput {
+            images,
+            mask,
+            prompt_truncated: truncated,
+        })
+    }
+}
