@@ -1,5 +1,5 @@
 //! `EulerDiscreteScheduler` (deterministic Euler steps in sigma space, optionally on Karras
-//! sigmas), and [`SigmaSteps`], the step-index bookkeeping every sigma-based scheduler shares
+//! sigmas), and `SigmaSteps`, the step-index bookkeeping every sigma-based scheduler shares
 //! (`step_index`, `begin_index`, `index_for_timestep`).
 
 use tch::Tensor;
