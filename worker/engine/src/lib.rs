@@ -9,10 +9,12 @@
 //! - [`image_tensor`]: images to and from tensors, with diffusers' exact arithmetic
 //!   (`x / 255 * 2 - 1` in, `round(clamp(x / 2 + 0.5, 0, 1) * 255)` out).
 
+pub mod composite;
 pub mod config;
 pub mod device;
 pub mod error;
 pub mod image_tensor;
+pub mod job;
 pub mod model_folder;
 pub mod models;
 pub mod pipeline;
