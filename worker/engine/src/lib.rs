@@ -19,6 +19,7 @@ pub mod model_folder;
 pub mod models;
 pub mod pipeline;
 pub mod schedulers;
+pub mod single_file;
 pub mod tokenizer;
 pub mod weights;
 

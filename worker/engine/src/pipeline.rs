@@ -155,6 +155,46 @@ impl InpaintPipeline {
         })
     }
 
+    /// Assembles a pipeline from components loaded elsewhere (a single-file checkpoint: see
+    /// [`crate::single_file`]), with the checks of [`InpaintPipeline::load`]. `source` is what
+    /// [`InpaintPipeline::folder`] reports; the VAE should be f32 as `load` makes it.
+    pub fn from_parts(
+        source: PathBuf,
+        tokenizer: ClipTokenizer,
+        text_encoder: ClipTextModel,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        scheduler_config: SchedulerConfig,
+        options: &LoadOptions,
+    ) -> Result<Self, EngineError> {
+        let unet_in = unet.config().in_channels;
+        let latent = vae.config().latent_channels;
+        if unet_in != latent && unet_in != 2 * latent + 1 {
+            return Err(EngineError::Model(format!(
+                "unet in_channels {unet_in} fits neither a {latent}-channel latent (standard) \
+                 nor {} (inpainting)",
+                2 * latent + 1
+            )));
+        }
+        if tokenizer.model_max_length() as i64 > text_encoder.config().max_position_embeddings {
+            return Err(EngineError::Model(format!(
+                "tokenizer model_max_length {} exceeds the text encoder's {} positions",
+                tokenizer.model_max_length(),
+                text_encoder.config().max_position_embeddings
+            )));
+        }
+        Ok(Self {
+            folder: source,
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler_config: scheduler_config.with_inpaint_pipeline_fixups(),
+            device: options.device,
+            kind: options.kind,
+        })
+    }
+
     /// The folder the model came from.
     pub fn folder(&self) -> &Path {
         &self.folder
