@@ -127,32 +127,15 @@ impl InpaintPipeline {
         )?;
         let scheduler_config: SchedulerConfig =
             read_json(&folder.join("scheduler/scheduler_config.json"))?;
-        let unet_in = unet.config().in_channels;
-        let latent = vae.config().latent_channels;
-        if unet_in != latent && unet_in != 2 * latent + 1 {
-            return Err(EngineError::Model(format!(
-                "unet in_channels {unet_in} fits neither a {latent}-channel latent (standard) \
-                 nor {} (inpainting)",
-                2 * latent + 1
-            )));
-        }
-        if tokenizer.model_max_length() as i64 > text_encoder.config().max_position_embeddings {
-            return Err(EngineError::Model(format!(
-                "tokenizer model_max_length {} exceeds the text encoder's {} positions",
-                tokenizer.model_max_length(),
-                text_encoder.config().max_position_embeddings
-            )));
-        }
-        Ok(Self {
-            folder: folder.to_path_buf(),
+        Self::from_parts(
+            folder.to_path_buf(),
             tokenizer,
             text_encoder,
             unet,
             vae,
-            scheduler_config: scheduler_config.with_inpaint_pipeline_fixups(),
-            device: options.device,
-            kind: options.kind,
-        })
+            scheduler_config,
+            options,
+        )
     }
 
     /// Assembles a pipeline from components loaded elsewhere (a single-file checkpoint: see
@@ -219,7 +202,11 @@ impl InpaintPipeline {
     fn check(&self, r: &InpaintRequest) -> Result<(), EngineError> {
         let invalid = |m: String| Err(EngineError::InvalidInput(m));
         let factor = self.vae_scale_factor() as u32;
-        if r.width == 0 || r.height == 0 || !r.width.is_multiple_of(8) || !r.height.is_multiple_of(8) {
+        if r.width == 0
+            || r.height == 0
+            || !r.width.is_multiple_of(8)
+            || !r.height.is_multiple_of(8)
+        {
             return invalid(format!(
                 "size {}x{} must be positive multiples of 8",
                 r.width, r.height
