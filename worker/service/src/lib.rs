@@ -1,11 +1,60 @@
 //! inpaint-worker: the service around the inpainting engine.
 //!
 //! Layout:
+//! - [`settings`]: [`Settings`], the whole configuration as plain serde data (TOML file plus
+//!   `INPAINT__SECTION__KEY` environment overrides), validated at start-up.
+//! - [`topology`]: every queue, exchange and header name, and their idempotent declaration.
+//! - [`runner`]: the job loop ([`run`], [`run_with`]): consume, execute, publish the result with
+//!   confirms, then settle the delivery; reconnects and graceful shutdown.
+//! - [`error`]: [`error::JobFailure`] and [`error::action_for`], the one place that maps an
+//!   outcome to ack, retry or dead-letter.
+//! - [`inference`]: the [`inference::Inference`] trait, the libtorch engine, the pass-through
+//!   engine and the dedicated inference thread.
+//! - [`images`]: decoding within limits, fitting to the output size, encoding.
+//! - [`store`]: [`store::ObjectStorage`], the object operations the runner needs.
+//! - [`cancel`]: cancel requests shared between the cancel consumer and running jobs.
+//! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`submit`]: `inpaint-worker submit`, publishing a job from the command line.
 //! - [`smoke`]: `inpaint-worker smoke`, one round trip through every external dependency the
 //!   worker has (RabbitMQ with publisher confirms and manual ack, S3, libtorch), for checking a
 //!   deployment before it takes jobs.
-//!
-//! The job loop (`inpaint-worker run`) builds on the same crates: `inpaint-queue`,
-//! `inpaint-storage` and `inpaint-engine`.
 
+pub mod cancel;
+pub mod error;
+pub mod http;
+pub mod images;
+pub mod inference;
+pub mod metrics;
+pub mod runner;
+pub mod settings;
 pub mod smoke;
+pub mod store;
+pub mod submit;
+pub mod topology;
+
+pub use runner::{Parts, WorkerError, run, run_with};
+pub use settings::Settings;
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM: the shutdown future `main` hands to [`run`].
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,10 +1,16 @@
-//! The `inpaint-worker` command line.
+//! The `inpaint-worker` command line: parse, set up logging, load settings, hand over to the
+//! library.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use inpaint_engine::DeviceSpec;
 use inpaint_queue::BrokerConfig;
 use inpaint_storage::{S3Config, StorageConfig};
+use inpaint_worker::settings::{LogFormat, Settings};
 use inpaint_worker::smoke::{SmokeSettings, run_smoke};
+use inpaint_worker::submit::{SubmitRequest, submit};
 
 #[derive(Parser)]
 #[command(version, about = "Queue-driven Stable Diffusion 1.5 inpainting worker")]
@@ -15,6 +21,42 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Consume jobs until SIGTERM/SIGINT.
+    Run {
+        /// The configuration file (TOML); INPAINT__SECTION__KEY variables override it.
+        #[arg(long, env = "INPAINT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Publish one job, uploading local image and mask files first; optionally wait for the
+    /// result and print it.
+    Submit {
+        /// The worker's configuration file (broker, storage, topology names).
+        #[arg(long, env = "INPAINT_CONFIG")]
+        config: Option<PathBuf>,
+        /// A job file (JSON); without it a minimal job is built from the options.
+        #[arg(long)]
+        job: Option<PathBuf>,
+        /// The image: s3://bucket/key or a local file to upload.
+        #[arg(long)]
+        image: Option<String>,
+        /// The mask: s3://bucket/key or a local file to upload.
+        #[arg(long)]
+        mask: Option<String>,
+        /// The prompt (replaces the job file's).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Bucket for uploads (default: the first of allow.read_buckets).
+        #[arg(long)]
+        upload_bucket: Option<String>,
+        /// Output bucket when the job names none (default: the first of allow.write_buckets).
+        #[arg(long)]
+        output_bucket: Option<String>,
+        /// Wait up to this many seconds for the result and print it.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+    /// Print the JSON Schemas of the job and result messages.
+    Schema,
     /// One round trip through RabbitMQ, S3 and libtorch, to check a deployment.
     Smoke {
         /// AMQP URL of the broker.
@@ -43,15 +85,66 @@ enum Command {
     },
 }
 
+fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        if filter.is_empty() {
+            "info".into()
+        } else {
+            filter.into()
+        }
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[allow(
+    clippy::print_stdout,
+    reason = "the command's output is its result on stdout"
+)]
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match Cli::parse().command {
+        Command::Run { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            init_tracing(settings.logging.format, &settings.logging.filter);
+            inpaint_worker::run(settings, inpaint_worker::shutdown_signal()).await?;
+        }
+        Command::Submit {
+            config,
+            job,
+            image,
+            mask,
+            prompt,
+            upload_bucket,
+            output_bucket,
+            wait,
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            init_tracing(settings.logging.format, &settings.logging.filter);
+            let request = SubmitRequest {
+                job_file: job,
+                image,
+                mask,
+                prompt,
+                upload_bucket,
+                output_bucket,
+                wait: wait.map(Duration::from_secs),
+            };
+            let (job_id, result) = submit(&settings, &request).await?;
+            match result {
+                Some(result) => println!("{}", serde_json::to_string_pretty(&result)?),
+                None => println!("{job_id}"),
+            }
+        }
+        Command::Schema => {
+            println!("{}", inpaint_job::job_schema_json());
+            println!("{}", inpaint_job::result_schema_json());
+        }
         Command::Smoke {
             amqp_url,
             s3_endpoint,
@@ -59,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
             bucket,
             device,
         } => {
+            init_tracing(LogFormat::Text, "");
             let settings = SmokeSettings {
                 broker: BrokerConfig {
                     url: amqp_url,
@@ -76,10 +170,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let report = run_smoke(&settings).await?;
             tracing::info!(job_id = %report.job_id, elapsed_ms = report.elapsed_ms, "smoke run passed");
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }
     Ok(())

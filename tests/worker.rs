@@ -1,0 +1,816 @@
+//! `inpaint-worker run` end to end against the real RabbitMQ and Garage: every test declares its
+//! own topology (names prefixed with a fresh id), runs workers in-process with the pass-through
+//! engine (the tiny real model for one happy path) and watches results, the dead-letter queue
+//! and the objects in S3.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use inpaint_e2e::{START_SERVICES, broker_config, bucket, s3_config};
+use inpaint_job::{ErrorCode, InpaintResult, JobId, JobStatus};
+use inpaint_queue::lapin::options::{BasicAckOptions, QueueDeclareOptions};
+use inpaint_queue::lapin::types::FieldTable;
+use inpaint_queue::lapin::{BasicProperties, Consumer};
+use inpaint_queue::{Broker, Publisher};
+use inpaint_storage::{ObjectRef, PutRequest, StorageError, StoredObject};
+use inpaint_worker::inference::{InferenceThread, PassThrough};
+use inpaint_worker::metrics::Metrics;
+use inpaint_worker::settings::{AllowConfig, ChainConfig, EngineBackend, HttpConfig, RetryConfig};
+use inpaint_worker::store::ObjectStorage;
+use inpaint_worker::topology::{self, TopologyConfig};
+use inpaint_worker::{Parts, Settings, WorkerError};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One test's world: its topology, a connection for the test's own publishing and consuming,
+/// and the object store.
+struct World {
+    settings: Settings,
+    broker: Broker,
+    publisher: Publisher,
+    results: Consumer,
+    storage: Arc<inpaint_storage::Storage>,
+    prefix: String,
+}
+
+fn base_settings(prefix: &str) -> Settings {
+    let bucket = bucket();
+    Settings {
+        broker: broker_config(),
+        topology: TopologyConfig {
+            queue_expires_ms: 300_000,
+            ..TopologyConfig::with_prefix(prefix)
+        },
+        storage: s3_config(),
+        allow: AllowConfig {
+            read_buckets: vec![bucket.clone()],
+            write_buckets: vec![bucket],
+            ..AllowConfig::default()
+        },
+        chain: ChainConfig {
+            stages: Vec::new(),
+            allow_unsafe_chain: true,
+        },
+        retry: RetryConfig {
+            max_attempts: 3,
+            base_delay_ms: 200,
+            max_delay_ms: 1_000,
+        },
+        http: HttpConfig {
+            bind: String::new(),
+        },
+        ..Settings::default()
+    }
+}
+
+impl World {
+    async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    async fn with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let prefix = format!("e2e-{}", uuid::Uuid::new_v4().simple());
+        let mut settings = base_settings(&prefix);
+        settings.engine.backend = EngineBackend::PassThrough;
+        adjust(&mut settings);
+        let broker = match settings.broker.connect().await {
+            Ok(b) => b,
+            Err(e) => panic!("RabbitMQ unreachable ({e}); {START_SERVICES}"),
+        };
+        let channel = broker.channel().await.expect("channel");
+        topology::declare(&channel, &settings.topology, settings.retry.max_attempts)
+            .await
+            .expect("declare topology");
+        let results = broker
+            .consume(&settings.topology.results_queue, "e2e-results", 100)
+            .await
+            .expect("consume results");
+        let publisher = broker.publisher().await.expect("publisher");
+        let storage = Arc::new(s3_config().build().expect("storage"));
+        Self {
+            settings,
+            broker,
+            publisher,
+            results,
+            storage,
+            prefix,
+        }
+    }
+
+    fn object(&self, name: &str) -> ObjectRef {
+        ObjectRef::new(bucket(), format!("{}/{name}", self.prefix)).expect("ref")
+    }
+
+    async fn put(&self, name: &str, bytes: Vec<u8>) -> ObjectRef {
+        let object = self.object(name);
+        let request = PutRequest {
+            content_type: Some("image/png".into()),
+            metadata: vec![],
+        };
+        self.storage
+            .put(&object, Bytes::from(bytes), &request)
+            .await
+            .unwrap_or_else(|e| panic!("Garage unreachable ({e}); {START_SERVICES}"));
+        object
+    }
+
+    /// Uploads a 96×64 image and its mask; returns their references.
+    async fn inputs(&self) -> (ObjectRef, ObjectRef) {
+        let image = image::RgbImage::from_fn(96, 64, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
+        });
+        let mask = image::RgbImage::from_fn(96, 64, |x, _| {
+            if x > 48 {
+                image::Rgb([255, 255, 255])
+            } else {
+                image::Rgb([0, 0, 0])
+            }
+        });
+        (
+            self.put("in/image.png", png(&image)).await,
+            self.put("in/mask.png", png(&mask)).await,
+        )
+    }
+
+    fn job(&self, image: &ObjectRef, mask: &ObjectRef) -> serde_json::Value {
+        serde_json::json!({
+            "schema_version": 1,
+            "job_id": JobId::new_random().to_string(),
+            "image": image.to_string(),
+            "mask": mask.to_string(),
+            "prompt": "a red bicycle",
+            "params": {"num_inference_steps": 2},
+            "output": {"bucket": bucket(), "prefix": format!("{}/out", self.prefix)},
+        })
+    }
+
+    async fn publish_bytes(&self, body: &[u8], properties: BasicProperties) {
+        self.publisher
+            .publish(
+                "",
+                &self.settings.topology.jobs_queue,
+                body,
+                properties.with_delivery_mode(2),
+            )
+            .await
+            .expect("publish job");
+    }
+
+    async fn publish(&self, job: &serde_json::Value) {
+        self.publish_bytes(
+            &serde_json::to_vec(job).expect("json"),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+
+    async fn next_result(&mut self) -> InpaintResult {
+        let delivery = tokio::time::timeout(WAIT, self.results.next())
+            .await
+            .expect("a result in time")
+            .expect("results consumer open")
+            .expect("delivery");
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack result");
+        InpaintResult::from_json(&delivery.data).expect("a result message")
+    }
+
+    /// Ready messages in a queue (passive declare).
+    async fn count(&self, queue: &str) -> u32 {
+        let channel = self.broker.channel().await.expect("channel");
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists")
+            .message_count()
+    }
+
+    async fn wait_for_count(&self, queue: &str, expected: u32) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = self.count(queue).await;
+            if n == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{queue} holds {n}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn start(&self, engine: PassThrough) -> Worker {
+        self.start_with(
+            engine,
+            Arc::clone(&self.storage) as Arc<dyn ObjectStorage>,
+            self.settings.clone(),
+        )
+        .await
+    }
+
+    async fn start_with(
+        &self,
+        engine: PassThrough,
+        storage: Arc<dyn ObjectStorage>,
+        settings: Settings,
+    ) -> Worker {
+        let calls = Arc::clone(&engine.calls);
+        let inference = InferenceThread::spawn(move || Ok(Box::new(engine) as Box<_>))
+            .await
+            .expect("engine");
+        let parts = Parts {
+            storage,
+            inference,
+            chain: Arc::new(inpaint_stages::build_chain(&settings.chain.stages).expect("chain")),
+            metrics: Arc::new(Metrics::default()),
+        };
+        Worker::spawn(settings, parts, calls)
+    }
+}
+
+struct Worker {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), WorkerError>>,
+    calls: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    fn spawn(settings: Settings, parts: Parts, calls: Arc<AtomicUsize>) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let metrics = Arc::clone(&parts.metrics);
+        let task = tokio::spawn(inpaint_worker::run_with(settings, parts, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            stop: Some(stop),
+            task,
+            calls,
+            metrics,
+        }
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("worker stops within the grace period")
+            .expect("worker task")
+            .expect("clean shutdown");
+    }
+}
+
+fn png(image: &image::RgbImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("png");
+    out.into_inner()
+}
+
+fn job_id(job: &serde_json::Value) -> JobId {
+    job["job_id"].as_str().expect("id").parse().expect("uuid")
+}
+
+async fn assert_outputs_exist(world: &World, result: &InpaintResult) {
+    for output in &result.outputs {
+        let stored = world
+            .storage
+            .get(&output.uri, None)
+            .await
+            .expect("output exists");
+        assert_eq!(stored.content_type.as_deref(), Some("image/png"));
+        let sha = inpaint_worker::inference::hex(&sha2_digest(&stored.bytes));
+        assert_eq!(sha, output.sha256, "sha256 of {}", output.uri);
+    }
+}
+
+fn sha2_digest(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
+#[tokio::test]
+async fn happy_path_writes_outputs_then_publishes_then_acks() {
+    let mut world = World::new().await;
+    let worker = world.start(PassThrough::default()).await;
+    let (image, mask) = world.inputs().await;
+    let mut job = world.job(&image, &mask);
+    job["params"]["num_images"] = 2.into();
+    job["metadata"] = serde_json::json!({"tenant": "42"});
+    world.publish(&job).await;
+
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    assert_eq!(result.job_id, Some(job_id(&job)));
+    assert_eq!(result.outputs.len(), 2);
+    assert_eq!(result.attempt, 1);
+    assert_eq!(
+        result.metadata.get("tenant").map(String::as_str),
+        Some("42")
+    );
+    assert!(result.metadata.contains_key("x-inpaint-unsafe-chain"));
+    for (i, output) in result.outputs.iter().enumerate() {
+        assert_eq!(output.index, i as u32);
+        assert_eq!((output.width, output.height), (96, 64));
+        assert!(
+            output
+                .uri
+                .key()
+                .ends_with(&format!("{}/{i}.png", job_id(&job)))
+        );
+    }
+    assert_ne!(result.outputs[0].seed, result.outputs[1].seed);
+    for stage in ["download", "inference", "upload"] {
+        assert!(
+            result.timings_ms.contains_key(stage),
+            "{:?}",
+            result.timings_ms
+        );
+    }
+    assert_outputs_exist(&world, &result).await;
+    // The job is acknowledged: nothing ready, and after shutdown nothing unacked comes back.
+    worker.shutdown().await;
+    world
+        .wait_for_count(&world.settings.topology.jobs_queue, 0)
+        .await;
+    world
+        .wait_for_count(&world.settings.topology.dead_letter_queue, 0)
+        .await;
+}
+
+#[tokio::test]
+async fn tiny_real_model_happy_path() {
+    let mut world = World::with(|s| {
+        s.engine.backend = EngineBackend::Tch;
+        s.engine.device = inpaint_engine::DeviceSpec::Cpu;
+    })
+    .await;
+    let parts = Parts::build(&world.settings)
+        .await
+        .expect("tiny model loads");
+    let worker = Worker::spawn(world.settings.clone(), parts, Arc::default());
+    let (image, mask) = world.inputs().await;
+    let mut job = world.job(&image, &mask);
+    job["params"]["width"] = 64.into();
+    job["params"]["height"] = 64.into();
+    job["params"]["seed"] = 7.into();
+    world.publish(&job).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    assert_eq!(result.model.id, "tiny-sd-a");
+    assert_ne!(result.model.weights_sha256, "0".repeat(64));
+    assert_eq!(result.outputs.len(), 1);
+    assert_eq!(
+        (result.outputs[0].width, result.outputs[0].height),
+        (64, 64)
+    );
+    assert_eq!(result.outputs[0].seed, 7);
+    assert_outputs_exist(&world, &result).await;
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_malformed_message_among_good_ones_fails_alone() {
+    let mut world = World::new().await;
+    let worker = world.start(PassThrough::default()).await;
+    let (image, mask) = world.inputs().await;
+    let good: Vec<_> = (0..3).map(|_| world.job(&image, &mask)).collect();
+    world.publish(&good[0]).await;
+    let broken_id = JobId::new_random();
+    world
+        .publish_bytes(
+            format!(r#"{{"job_id": "{broken_id}", "prompt": "trunc"#).as_bytes(),
+            BasicProperties::default().with_correlation_id("broken".into()),
+        )
+        .await;
+    world.publish(&good[1]).await;
+    world.publish(&good[2]).await;
+
+    let mut by_id = HashMap::new();
+    for _ in 0..4 {
+        let r = world.next_result().await;
+        by_id.insert(r.job_id.expect("id"), r);
+    }
+    let broken = &by_id[&broken_id];
+    assert_eq!(broken.status, JobStatus::Rejected);
+    assert_eq!(
+        broken.error.as_ref().map(|e| e.code),
+        Some(ErrorCode::MalformedJson)
+    );
+    for job in &good {
+        assert_eq!(by_id[&job_id(job)].status, JobStatus::Succeeded);
+    }
+    world
+        .wait_for_count(&world.settings.topology.dead_letter_queue, 1)
+        .await;
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_job_with_outputs_is_answered_without_recomputing() {
+    let mut world = World::new().await;
+    let worker = world.start(PassThrough::default()).await;
+    let (image, mask) = world.inputs().await;
+    let job = world.job(&image, &mask);
+    world.publish(&job).await;
+    let first = world.next_result().await;
+    assert_eq!(first.status, JobStatus::Succeeded);
+    world.publish(&job).await;
+    let second = world.next_result().await;
+    assert_eq!(second.status, JobStatus::Succeeded);
+    assert_eq!(second.outputs, first.outputs, "same outputs, same hashes");
+    assert_eq!(worker.calls.load(Ordering::SeqCst), 1, "inference ran once");
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_dies_mid_job_loses_nothing() {
+    let mut world = World::new().await;
+    let slow = PassThrough {
+        step_delay: Duration::from_millis(100),
+        ..PassThrough::default()
+    };
+    let doomed = world.start(slow.clone()).await;
+    let (image, mask) = world.inputs().await;
+    let mut job = world.job(&image, &mask);
+    job["params"]["num_inference_steps"] = 30.into();
+    world.publish(&job).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while doomed.calls.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Crash: the worker's task disappears mid-inference, its connection with it, nothing acked.
+    doomed.task.abort();
+    let survivor = world.start(PassThrough::default()).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    assert_eq!(result.job_id, Some(job_id(&job)));
+    assert_eq!(
+        result.attempt, 2,
+        "the redelivery counts as the second attempt"
+    );
+    assert_eq!(survivor.calls.load(Ordering::SeqCst), 1);
+    survivor.shutdown().await;
+    world
+        .wait_for_count(&world.settings.topology.jobs_queue, 0)
+        .await;
+}
+
+#[tokio::test]
+async fn permanent_errors_get_their_status_and_go_to_the_dead_letter_queue() {
+    let mut world = World::with(|s| s.limits.max_decoded_pixels = 5_000).await;
+    let worker = world.start(PassThrough::default()).await;
+    let (image, mask) = world.inputs().await;
+    let garbage = world
+        .put("in/garbage.png", b"not an image at all".to_vec())
+        .await;
+    let big = world
+        .put("in/big.png", png(&image::RgbImage::new(100, 100)))
+        .await;
+
+    let mut cases: Vec<(serde_json::Value, ErrorCode)> = Vec::new();
+    let mut j = world.job(&image, &mask);
+    j["colour"] = "red".into();
+    cases.push((j, ErrorCode::SchemaViolation));
+    let mut j = world.job(&image, &mask);
+    j["params"]["width"] = 500.into();
+    cases.push((j, ErrorCode::InvalidParameter));
+    let j = world.job(&world.object("in/missing.png"), &mask);
+    cases.push((j, ErrorCode::ObjectNotFound));
+    let j = world.job(&garbage, &mask);
+    cases.push((j, ErrorCode::UndecodableImage));
+    let j = world.job(&big, &mask);
+    cases.push((j, ErrorCode::ImageTooLarge));
+    let mut j = world.job(&image, &mask);
+    j["output"]["bucket"] = "not-allowed-bucket".into();
+    cases.push((j, ErrorCode::BucketNotAllowed));
+    let j = world.job(&ObjectRef::new("elsewhere", "a.png").expect("ref"), &mask);
+    cases.push((j, ErrorCode::BucketNotAllowed));
+
+    for (job, _) in &cases {
+        world.publish(job).await;
+    }
+    let mut by_id = HashMap::new();
+    for _ in 0..cases.len() {
+        let r = world.next_result().await;
+        by_id.insert(r.job_id.expect("id"), r);
+    }
+    for (job, code) in &cases {
+        let r = &by_id[&job_id(job)];
+        assert_eq!(r.status, JobStatus::Rejected, "{code:?}: {r:?}");
+        let error = r.error.as_ref().expect("error");
+        assert_eq!(error.code, *code, "{}", error.message);
+        assert!(!error.retryable);
+        assert!(r.outputs.is_empty());
+    }
+    world
+        .wait_for_count(
+            &world.settings.topology.dead_letter_queue,
+            cases.len() as u32,
+        )
+        .await;
+    assert_eq!(
+        worker.calls.load(Ordering::SeqCst),
+        0,
+        "no job reached inference"
+    );
+    worker.shutdown().await;
+}
+
+/// A store whose first `failures` reads fail like an unreachable S3.
+struct Flaky {
+    inner: Arc<inpaint_storage::Storage>,
+    failures: AtomicUsize,
+    gets: AtomicUsize,
+}
+
+impl ObjectStorage for Flaky {
+    fn get<'a>(
+        &'a self,
+        object: &'a ObjectRef,
+        max_bytes: Option<u64>,
+    ) -> BoxFuture<'a, Result<StoredObject, StorageError>> {
+        Box::pin(async move {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            let fail = !object.key().ends_with("result.json")
+                && self
+                    .failures
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            if fail {
+                return Err(StorageError::Backend {
+                    object: object.to_string(),
+                    source: object_store::Error::Generic {
+                        store: "S3",
+                        source: "connection refused (injected)".into(),
+                    },
+                });
+            }
+            self.inner.get(object, max_bytes).await
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        object: &'a ObjectRef,
+        bytes: Bytes,
+        request: &'a PutRequest,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(self.inner.put(object, bytes, request))
+    }
+
+    fn size_of<'a>(
+        &'a self,
+        object: &'a ObjectRef,
+    ) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
+        Box::pin(self.inner.size_of(object))
+    }
+}
+
+#[tokio::test]
+async fn transient_storage_errors_are_retried_through_the_delay_queue() {
+    let mut world = World::new().await;
+    let (image, mask) = world.inputs().await;
+    // Manifest reads pass; the first two input reads fail (one per attempt: the pair is read
+    // concurrently, and the first failure ends the attempt).
+    let flaky = Arc::new(Flaky {
+        inner: Arc::clone(&world.storage),
+        failures: AtomicUsize::new(0),
+        gets: AtomicUsize::new(0),
+    });
+    let worker = world
+        .start_with(
+            PassThrough::default(),
+            Arc::clone(&flaky) as Arc<dyn ObjectStorage>,
+            world.settings.clone(),
+        )
+        .await;
+    flaky.failures.store(2, Ordering::SeqCst);
+    let job = world.job(&image, &mask);
+    world.publish(&job).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    assert_eq!(result.attempt, 3, "two failed attempts, then success");
+    assert_eq!(worker.metrics.retries.load(Ordering::SeqCst), 2);
+
+    // Past max_attempts: a failed result, retryable, dead-lettered.
+    flaky.failures.store(1_000, Ordering::SeqCst);
+    let job = world.job(&image, &mask);
+    world.publish(&job).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Failed, "{result:?}");
+    let error = result.error.expect("error");
+    assert_eq!(error.code, ErrorCode::StorageUnavailable);
+    assert!(error.retryable);
+    assert_eq!(result.attempt, 3);
+    world
+        .wait_for_count(&world.settings.topology.dead_letter_queue, 1)
+        .await;
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn expired_jobs_are_answered_before_any_download() {
+    let mut world = World::new().await;
+    let flaky = Arc::new(Flaky {
+        inner: Arc::clone(&world.storage),
+        failures: AtomicUsize::new(0),
+        gets: AtomicUsize::new(0),
+    });
+    let worker = world
+        .start_with(
+            PassThrough::default(),
+            Arc::clone(&flaky) as Arc<dyn ObjectStorage>,
+            world.settings.clone(),
+        )
+        .await;
+    let mut job = world.job(
+        &world.object("in/never-read.png"),
+        &world.object("in/never-read-mask.png"),
+    );
+    job["expires_at"] = "2020-01-01T00:00:00Z".into();
+    world.publish(&job).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Expired, "{result:?}");
+    assert_eq!(
+        flaky.gets.load(Ordering::SeqCst),
+        0,
+        "nothing was downloaded"
+    );
+    world
+        .wait_for_count(&world.settings.topology.dead_letter_queue, 0)
+        .await;
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_requests_stop_running_and_queued_jobs() {
+    let mut world = World::new().await;
+    let slow = PassThrough {
+        step_delay: Duration::from_millis(100),
+        ..PassThrough::default()
+    };
+    let worker = world.start(slow).await;
+    let (image, mask) = world.inputs().await;
+
+    // A reply queue for progress events.
+    let channel = world.broker.channel().await.expect("channel");
+    let reply = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("reply queue");
+    let reply_name = reply.name().to_string();
+    let mut replies = world
+        .broker
+        .consume(&reply_name, "e2e-replies", 100)
+        .await
+        .expect("consume replies");
+
+    let mut running = world.job(&image, &mask);
+    running["params"]["num_inference_steps"] = 200.into();
+    running["progress"] = true.into();
+    let body = serde_json::to_vec(&running).expect("json");
+    world
+        .publish_bytes(
+            &body,
+            BasicProperties::default()
+                .with_reply_to(reply_name.clone().into())
+                .with_correlation_id("c-1".into()),
+        )
+        .await;
+    // Wait for progress: the job is between denoising steps.
+    let event = tokio::time::timeout(WAIT, replies.next())
+        .await
+        .expect("a progress event")
+        .expect("open")
+        .expect("delivery");
+    let progress: inpaint_job::ProgressEvent =
+        serde_json::from_slice(&event.data).expect("progress event");
+    assert_eq!(progress.job_id, job_id(&running));
+    assert_eq!(progress.total, 200);
+    assert_eq!(
+        event
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("c-1")
+    );
+
+    let cancel = |id: JobId| {
+        serde_json::to_vec(&serde_json::json!({"job_id": id.to_string()})).expect("json")
+    };
+    world
+        .publisher
+        .publish(
+            &world.settings.topology.cancel_exchange,
+            "",
+            &cancel(job_id(&running)),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish cancel");
+    let result = world.next_result().await;
+    assert_eq!(result.job_id, Some(job_id(&running)));
+    assert_eq!(result.status, JobStatus::Cancelled, "{result:?}");
+    assert!(result.outputs.is_empty());
+
+    // Cancelled while queued: the cancel arrives first.
+    let queued = world.job(&image, &mask);
+    world
+        .publisher
+        .publish(
+            &world.settings.topology.cancel_exchange,
+            "",
+            &cancel(job_id(&queued)),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish cancel");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    world.publish(&queued).await;
+    let result = world.next_result().await;
+    assert_eq!(result.job_id, Some(job_id(&queued)));
+    assert_eq!(result.status, JobStatus::Cancelled, "{result:?}");
+    assert_eq!(
+        worker.calls.load(Ordering::SeqCst),
+        1,
+        "the queued job never ran"
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn fifty_jobs_over_two_workers_get_exactly_one_result_each() {
+    let mut world = World::new().await;
+    let a = world.start(PassThrough::default()).await;
+    let b = world.start(PassThrough::default()).await;
+    let (image, mask) = world.inputs().await;
+    let jobs: Vec<_> = (0..50).map(|_| world.job(&image, &mask)).collect();
+    for job in &jobs {
+        world.publish(job).await;
+    }
+    let mut results: HashMap<JobId, InpaintResult> = HashMap::new();
+    for _ in 0..50 {
+        let r = world.next_result().await;
+        assert_eq!(r.status, JobStatus::Succeeded, "{r:?}");
+        assert!(
+            results.insert(r.job_id.expect("id"), r).is_none(),
+            "a second result for one job"
+        );
+    }
+    let uris: BTreeSet<String> = results
+        .values()
+        .flat_map(|r| r.outputs.iter().map(|o| o.uri.to_string()))
+        .collect();
+    assert_eq!(uris.len(), 50, "one distinct output per job");
+    for job in &jobs {
+        assert!(results.contains_key(&job_id(job)));
+    }
+    // No stray extra result arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), world.results.next())
+            .await
+            .is_err()
+    );
+    let (ca, cb) = (
+        a.calls.load(Ordering::SeqCst),
+        b.calls.load(Ordering::SeqCst),
+    );
+    assert_eq!(ca + cb, 50, "each job computed once");
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -1,0 +1,266 @@
+//! Why a job did not succeed ([`JobFailure`]), and the one place that decides what the broker
+//! does with its delivery: [`action_for`] maps an outcome to [`Action::Ack`],
+//! [`Action::Retry`] or [`Action::DeadLetter`].
+
+use std::time::Duration;
+
+use inpaint_job::{BlockInfo, ErrorCode, ErrorInfo, JobError};
+use inpaint_plugin_api::{ChainError, StageError};
+use inpaint_queue::QueueError;
+use inpaint_storage::StorageError;
+
+use crate::inference::InferenceError;
+use crate::settings::RetryConfig;
+
+/// A job that ended without outputs: the error class, a message for people, whether another
+/// attempt may succeed, and the block behind a `blocked` status.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct JobFailure {
+    /// The result's error code; the status follows from it.
+    pub code: ErrorCode,
+    /// What went wrong. Never contains prompt text.
+    pub message: String,
+    /// True when the same job may succeed later (storage, broker, timeouts, out of memory).
+    pub transient: bool,
+    /// Which stage blocked the job, for `policy_blocked` and `safety_blocked` (boxed: it is
+    /// rare and large).
+    pub block: Option<Box<BlockInfo>>,
+}
+
+impl JobFailure {
+    /// A failure that retrying cannot fix.
+    pub fn permanent(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            transient: false,
+            block: None,
+        }
+    }
+
+    /// A failure that another attempt may not hit.
+    pub fn transient(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            transient: true,
+            ..Self::permanent(code, message)
+        }
+    }
+
+    /// A bug in the worker or the engine.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::permanent(ErrorCode::Internal, message)
+    }
+
+    /// A block by a plugin stage.
+    pub fn blocked(code: ErrorCode, block: BlockInfo) -> Self {
+        Self {
+            code,
+            message: format!("blocked by {} ({})", block.stage, block.category),
+            transient: false,
+            block: Some(Box::new(block)),
+        }
+    }
+
+    /// The result's `error` object.
+    pub fn to_error_info(&self) -> ErrorInfo {
+        ErrorInfo {
+            code: self.code,
+            message: self.message.clone(),
+            retryable: self.transient,
+        }
+    }
+}
+
+impl From<&JobError> for JobFailure {
+    fn from(e: &JobError) -> Self {
+        Self::permanent(e.code(), e.to_string())
+    }
+}
+
+impl From<StorageError> for JobFailure {
+    fn from(e: StorageError) -> Self {
+        match &e {
+            StorageError::NotFound { .. } => {
+                Self::permanent(ErrorCode::ObjectNotFound, e.to_string())
+            }
+            StorageError::TooLarge { .. } => {
+                Self::permanent(ErrorCode::ObjectTooLarge, e.to_string())
+            }
+            StorageError::InvalidRef { .. } => {
+                Self::permanent(ErrorCode::InvalidParameter, e.to_string())
+            }
+            _ if e.is_transient() => Self::transient(ErrorCode::StorageUnavailable, e.to_string()),
+            _ => Self::permanent(ErrorCode::StorageUnavailable, e.to_string()),
+        }
+    }
+}
+
+impl From<QueueError> for JobFailure {
+    fn from(e: QueueError) -> Self {
+        Self::transient(ErrorCode::BrokerUnavailable, e.to_string())
+    }
+}
+
+impl From<InferenceError> for JobFailure {
+    fn from(e: InferenceError) -> Self {
+        match e {
+            InferenceError::Cancelled => {
+                Self::permanent(ErrorCode::Cancelled, "cancelled by a cancel request")
+            }
+            InferenceError::OutOfMemory(_) => {
+                Self::transient(ErrorCode::OutOfMemory, e.to_string())
+            }
+            InferenceError::InvalidInput(_) => {
+                Self::permanent(ErrorCode::InvalidParameter, e.to_string())
+            }
+            InferenceError::Unavailable => Self::transient(ErrorCode::Internal, e.to_string()),
+            InferenceError::Failed(_) | InferenceError::Panicked(_) => {
+                Self::internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<ChainError> for JobFailure {
+    fn from(e: ChainError) -> Self {
+        let code = match e.source {
+            StageError::Timeout(_) => ErrorCode::Timeout,
+            _ => ErrorCode::Internal,
+        };
+        if e.is_retryable() {
+            Self::transient(code, e.to_string())
+        } else {
+            Self::permanent(code, e.to_string())
+        }
+    }
+}
+
+/// What happens to a delivery once its job has an outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Publish the result, then acknowledge: the job is done.
+    Ack,
+    /// Republish the job to the delay queue (confirmed) with the next attempt number, then
+    /// acknowledge this delivery. No result yet.
+    Retry {
+        /// How long the job waits in the delay queue.
+        after: Duration,
+    },
+    /// Publish the failure result, then reject without requeue: the dead-letter exchange routes
+    /// the message to the dead-letter queue.
+    DeadLetter,
+}
+
+/// The one mapping from a job's outcome to the broker action.
+///
+/// - success, `expired`, `cancelled`: [`Action::Ack`] (final answers, nothing to inspect);
+/// - permanent failures (malformed, schema, parameters, undecodable, missing or too large
+///   objects, bucket not allowed, policy or safety block, internal errors):
+///   [`Action::DeadLetter`];
+/// - transient failures (storage, broker, timeouts, out of memory): [`Action::Retry`] with
+///   exponential backoff while `attempt < max_attempts`, then [`Action::DeadLetter`].
+pub fn action_for(outcome: Result<(), &JobFailure>, attempt: u32, retry: &RetryConfig) -> Action {
+    match outcome {
+        Ok(()) => Action::Ack,
+        Err(failure) => match failure.code {
+            ErrorCode::Expired | ErrorCode::Cancelled => Action::Ack,
+            _ if failure.transient && attempt < retry.max_attempts => Action::Retry {
+                after: retry.backoff(attempt),
+            },
+            _ => Action::DeadLetter,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry() -> RetryConfig {
+        RetryConfig {
+            max_attempts: 3,
+            base_delay_ms: 100,
+            max_delay_ms: 10_000,
+        }
+    }
+
+    #[test]
+    fn outcomes_map_to_actions() {
+        let r = retry();
+        assert_eq!(action_for(Ok(()), 1, &r), Action::Ack);
+        for code in [ErrorCode::Expired, ErrorCode::Cancelled] {
+            assert_eq!(
+                action_for(Err(&JobFailure::permanent(code, "x")), 1, &r),
+                Action::Ack
+            );
+        }
+        for code in [
+            ErrorCode::MalformedJson,
+            ErrorCode::SchemaViolation,
+            ErrorCode::InvalidParameter,
+            ErrorCode::UndecodableImage,
+            ErrorCode::ObjectNotFound,
+            ErrorCode::ObjectTooLarge,
+            ErrorCode::ImageTooLarge,
+            ErrorCode::BucketNotAllowed,
+            ErrorCode::PolicyBlocked,
+            ErrorCode::SafetyBlocked,
+            ErrorCode::Internal,
+        ] {
+            let f = JobFailure::permanent(code, "x");
+            assert_eq!(action_for(Err(&f), 1, &r), Action::DeadLetter, "{code:?}");
+        }
+        let storage = JobFailure::transient(ErrorCode::StorageUnavailable, "503");
+        assert_eq!(
+            action_for(Err(&storage), 1, &r),
+            Action::Retry {
+                after: Duration::from_millis(100)
+            }
+        );
+        assert_eq!(
+            action_for(Err(&storage), 2, &r),
+            Action::Retry {
+                after: Duration::from_millis(200)
+            }
+        );
+        assert_eq!(action_for(Err(&storage), 3, &r), Action::DeadLetter);
+    }
+
+    #[test]
+    fn errors_of_the_other_crates_get_their_class() {
+        let missing = JobFailure::from(StorageError::NotFound {
+            object: "s3://b/k".into(),
+        });
+        assert_eq!(
+            (missing.code, missing.transient),
+            (ErrorCode::ObjectNotFound, false)
+        );
+        let down = JobFailure::from(StorageError::Backend {
+            object: "s3://b/k".into(),
+            source: object_store_generic(),
+        });
+        assert_eq!(
+            (down.code, down.transient),
+            (ErrorCode::StorageUnavailable, true)
+        );
+        let oom = JobFailure::from(InferenceError::OutOfMemory("CUDA out of memory".into()));
+        assert_eq!((oom.code, oom.transient), (ErrorCode::OutOfMemory, true));
+        let panic = JobFailure::from(InferenceError::Panicked("boom".into()));
+        assert_eq!((panic.code, panic.transient), (ErrorCode::Internal, false));
+        let broker = JobFailure::from(QueueError::Config("x".into()));
+        assert!(broker.transient);
+        let parse = JobFailure::from(&JobError::MalformedJson {
+            message: "eof".into(),
+        });
+        assert_eq!(parse.code, ErrorCode::MalformedJson);
+        assert!(!parse.to_error_info().retryable);
+    }
+
+    fn object_store_generic() -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: "connection refused".into(),
+        }
+    }
+}

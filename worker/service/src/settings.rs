@@ -1,0 +1,539 @@
+//! [`Settings`]: everything `inpaint-worker run` is configured with, as plain serde data, loaded
+//! from a TOML file plus `INPAINT__SECTION__KEY` environment overrides and checked at start-up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use inpaint_engine::{DeviceSpec, Precision};
+use inpaint_queue::BrokerConfig;
+use inpaint_stages::StageConfig;
+use inpaint_storage::StorageConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::topology::TopologyConfig;
+
+/// The value of `engine.model` that names the tiny test model shipped in the repository.
+pub const EMBEDDED_TINY: &str = "embedded-tiny";
+
+/// The worker's whole configuration. Every section and key has a default; see
+/// `ops/worker.example.toml` for a file that sets each one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// How to reach RabbitMQ.
+    pub broker: BrokerConfig,
+    /// Queue and exchange names, delivery limit.
+    pub topology: TopologyConfig,
+    /// Where input and output objects live (credentials from the environment).
+    pub storage: StorageConfig,
+    /// Which buckets (and key prefixes) jobs may read from and write to.
+    pub allow: AllowConfig,
+    /// Size limits on inputs and outputs.
+    pub limits: LimitsConfig,
+    /// The inference engine.
+    pub engine: EngineConfig,
+    /// The plugin chain (prompt policy, safety checker, watermark, ...).
+    pub chain: ChainConfig,
+    /// Prefetch and in-flight limits.
+    pub concurrency: ConcurrencyConfig,
+    /// Retries of transient failures through the delay queue.
+    pub retry: RetryConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// The metrics and health endpoint.
+    pub http: HttpConfig,
+    /// Log output.
+    pub logging: LoggingConfig,
+}
+
+/// Allow-lists. A job naming any other bucket (or a key outside the prefixes) is `rejected`
+/// before anything is downloaded.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllowConfig {
+    /// Buckets image and mask may be read from. Must not be empty.
+    pub read_buckets: Vec<String>,
+    /// Buckets outputs may be written to. Must not be empty.
+    pub write_buckets: Vec<String>,
+    /// Key prefixes inputs must start with (any of them); empty: any key.
+    pub read_prefixes: Vec<String>,
+    /// Key prefixes outputs must start with (any of them); empty: any key.
+    pub write_prefixes: Vec<String>,
+}
+
+/// Limits checked before work is spent on a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest image or mask object, in bytes (checked from the object's size, before download).
+    pub max_object_bytes: u64,
+    /// Largest decoded image, in pixels (checked from the image header, before decoding).
+    pub max_decoded_pixels: u64,
+    /// Largest output side in pixels (a multiple of 8); larger requests are capped when the size
+    /// comes from the input image and refused when the job asks for it.
+    pub max_output_side: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_object_bytes: 32 << 20,
+            max_decoded_pixels: 4096 * 4096,
+            max_output_side: 1024,
+        }
+    }
+}
+
+/// Which engine runs the jobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineBackend {
+    /// The Stable Diffusion pipeline on libtorch.
+    #[default]
+    Tch,
+    /// Returns the input image unchanged (text-only jobs: a grey canvas). For tests and for
+    /// measuring the worker's own overhead; never for production.
+    PassThrough,
+}
+
+/// The inference engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `tch` (the model) or `pass-through` (benchmarks and tests).
+    pub backend: EngineBackend,
+    /// A diffusers model folder, or `embedded-tiny` for the tiny random test model shipped in
+    /// `tests/parity/fixtures/models/tiny-sd-a` (for demos: it paints noise).
+    pub model: String,
+    /// The model id reported in results; empty: the folder's name.
+    pub model_id: String,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: DeviceSpec,
+    /// `f32`, `f16` or `bf16`.
+    pub precision: Precision,
+    /// Weights variant file suffix (`fp16` reads `*.fp16.safetensors`); empty: none.
+    pub variant: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            backend: EngineBackend::Tch,
+            model: EMBEDDED_TINY.into(),
+            model_id: String::new(),
+            device: DeviceSpec::Auto,
+            precision: Precision::F32,
+            variant: String::new(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The model folder on disk.
+    pub fn model_folder(&self) -> PathBuf {
+        if self.model == EMBEDDED_TINY {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/parity/fixtures/models/tiny-sd-a")
+        } else {
+            PathBuf::from(&self.model)
+        }
+    }
+}
+
+/// The plugin chain, in order. The worker refuses to start without a `safety-checker` and a
+/// `watermark` stage unless `allow_unsafe_chain` is set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChainConfig {
+    /// The stages, run in this order (`[[chain.stages]]` tables tagged by `type`).
+    pub stages: Vec<StageConfig>,
+    /// Run without the required stages. Logged at warn on every start and reported in every
+    /// result's metadata (`worker.unsafe_chain`). You take on OpenRAIL-M paragraph 5 yourself.
+    pub allow_unsafe_chain: bool,
+}
+
+/// How much work one worker takes on at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConcurrencyConfig {
+    /// Unacknowledged deliveries the broker may push to this worker (AMQP prefetch).
+    pub prefetch: u16,
+    /// Jobs processed at once (download, inference queue, upload overlap); at most `prefetch`.
+    pub in_flight: usize,
+}
+
+impl Default for ConcurrencyConfig {
+    fn default() -> Self {
+        Self {
+            prefetch: 4,
+            in_flight: 2,
+        }
+    }
+}
+
+/// Retries of transient failures (storage, broker, timeouts, out of memory).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; after the last a `failed` result is published and
+    /// the message dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before the second attempt, in milliseconds; doubled for each further attempt.
+    pub base_delay_ms: u64,
+    /// Longest delay between attempts, in milliseconds.
+    pub max_delay_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            base_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The delay after failed attempt `attempt` (1-based): base × 2^(attempt−1), capped.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(32);
+        let delay = self.base_delay_ms.saturating_mul(1u64 << exponent);
+        Duration::from_millis(delay.min(self.max_delay_ms))
+    }
+}
+
+/// Graceful shutdown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds in-flight jobs get to finish after SIGTERM/SIGINT; the rest are cancelled and
+    /// released to the queue (nack with requeue).
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace_secs: 30 }
+    }
+}
+
+/// The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on; empty: no HTTP endpoint.
+    pub bind: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `inpaint_worker=debug,info`; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+/// A configuration that cannot be loaded or used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file or the environment could not be read or does not fit the settings' shape.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A key has a value the worker cannot use.
+    #[error("configuration key `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `retry.max_attempts`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Settings {
+    /// Reads `file` (TOML; None: defaults only), applies `INPAINT__SECTION__KEY` overrides from
+    /// the environment (lists comma-separated) and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_from(file, None)
+    }
+
+    /// [`Settings::load`] with an explicit environment instead of the process's (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: Option<config::Map<String, String>>,
+    ) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(
+                config::File::from(file)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let mut environment = config::Environment::with_prefix("INPAINT")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        for key in [
+            "allow.read_buckets",
+            "allow.write_buckets",
+            "allow.read_prefixes",
+            "allow.write_prefixes",
+        ] {
+            environment = environment.with_list_parse_key(key);
+        }
+        if env.is_some() {
+            environment = environment.source(env);
+        }
+        let settings: Self = builder.add_source(environment).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values that serde cannot: ranges, non-empty lists, the chain policy. Returns the
+    /// first problem, naming its key.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.topology.validate()?;
+        if self.allow.read_buckets.is_empty() {
+            return Err(invalid(
+                "allow.read_buckets",
+                "must name at least one bucket jobs may read from",
+            ));
+        }
+        if self.allow.write_buckets.is_empty() {
+            return Err(invalid(
+                "allow.write_buckets",
+                "must name at least one bucket outputs may be written to",
+            ));
+        }
+        for (key, list) in [
+            ("allow.read_buckets", &self.allow.read_buckets),
+            ("allow.write_buckets", &self.allow.write_buckets),
+        ] {
+            if let Some(bad) = list
+                .iter()
+                .find(|b| inpaint_storage::ObjectRef::new(b.as_str(), "k").is_err())
+            {
+                return Err(invalid(key, format!("{bad:?} is not a valid bucket name")));
+            }
+        }
+        if self.limits.max_object_bytes == 0 {
+            return Err(invalid("limits.max_object_bytes", "must be above 0"));
+        }
+        if self.limits.max_decoded_pixels == 0 {
+            return Err(invalid("limits.max_decoded_pixels", "must be above 0"));
+        }
+        let side = self.limits.max_output_side;
+        if !(64..=2048).contains(&side) || !side.is_multiple_of(8) {
+            return Err(invalid(
+                "limits.max_output_side",
+                format!("must be a multiple of 8 from 64 to 2048, got {side}"),
+            ));
+        }
+        if self.engine.backend == EngineBackend::Tch && self.engine.model.trim().is_empty() {
+            return Err(invalid(
+                "engine.model",
+                "must name a model folder or `embedded-tiny`",
+            ));
+        }
+        if self.concurrency.prefetch == 0 {
+            return Err(invalid("concurrency.prefetch", "must be at least 1"));
+        }
+        if self.concurrency.in_flight == 0 {
+            return Err(invalid("concurrency.in_flight", "must be at least 1"));
+        }
+        if self.concurrency.in_flight > usize::from(self.concurrency.prefetch) {
+            return Err(invalid(
+                "concurrency.in_flight",
+                format!(
+                    "must not exceed concurrency.prefetch ({}), got {}",
+                    self.concurrency.prefetch, self.concurrency.in_flight
+                ),
+            ));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(invalid("retry.max_attempts", "must be at least 1"));
+        }
+        if self.retry.base_delay_ms == 0 {
+            return Err(invalid("retry.base_delay_ms", "must be above 0"));
+        }
+        if self.retry.max_delay_ms < self.retry.base_delay_ms {
+            return Err(invalid(
+                "retry.max_delay_ms",
+                format!(
+                    "must be at least retry.base_delay_ms ({}), got {}",
+                    self.retry.base_delay_ms, self.retry.max_delay_ms
+                ),
+            ));
+        }
+        if !self.http.bind.is_empty() && self.http.bind.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.bind",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:9090",
+                    self.http.bind
+                ),
+            ));
+        }
+        inpaint_stages::check_required(&self.chain.stages, self.chain.allow_unsafe_chain)
+            .map_err(|e| invalid("chain.stages", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The warnings to log at warn on every start: one per required stage the chain lacks
+    /// because `chain.allow_unsafe_chain` is set.
+    pub fn chain_warnings(&self) -> Vec<String> {
+        inpaint_stages::check_required(&self.chain.stages, self.chain.allow_unsafe_chain)
+            .unwrap_or_default()
+    }
+
+    /// The in-flight grace period.
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown.grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Settings {
+        Settings {
+            allow: AllowConfig {
+                read_buckets: vec!["inputs".into()],
+                write_buckets: vec!["outputs".into()],
+                ..AllowConfig::default()
+            },
+            chain: ChainConfig {
+                stages: Vec::new(),
+                allow_unsafe_chain: true,
+            },
+            ..Settings::default()
+        }
+    }
+
+    fn key_of(settings: &Settings) -> String {
+        match settings.validate() {
+            Err(SettingsError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_rule_names_its_key() {
+        valid().validate().expect("valid");
+        type Mutation = fn(&mut Settings);
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("allow.read_buckets", |s| s.allow.read_buckets.clear()),
+            ("allow.write_buckets", |s| s.allow.write_buckets.clear()),
+            ("allow.write_buckets", |s| {
+                s.allow.write_buckets = vec!["Bad_Bucket".into()]
+            }),
+            ("limits.max_object_bytes", |s| s.limits.max_object_bytes = 0),
+            ("limits.max_output_side", |s| s.limits.max_output_side = 500),
+            ("concurrency.prefetch", |s| s.concurrency.prefetch = 0),
+            ("concurrency.in_flight", |s| s.concurrency.in_flight = 9),
+            ("retry.max_attempts", |s| s.retry.max_attempts = 0),
+            ("retry.max_delay_ms", |s| s.retry.max_delay_ms = 1),
+            ("http.bind", |s| s.http.bind = "localhost".into()),
+            ("chain.stages", |s| s.chain.allow_unsafe_chain = false),
+            ("topology.jobs_queue", |s| s.topology.jobs_queue.clear()),
+        ];
+        for (key, mutate) in cases {
+            let mut s = valid();
+            mutate(&mut s);
+            assert_eq!(key_of(&s), key);
+        }
+    }
+
+    #[test]
+    fn unsafe_chain_is_refused_without_override_and_warned_with_it() {
+        let mut s = valid();
+        assert_eq!(s.chain_warnings().len(), 2);
+        s.chain.allow_unsafe_chain = false;
+        let message = s.validate().expect_err("refused").to_string();
+        assert!(message.contains("safety-checker"), "{message}");
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let r = RetryConfig {
+            max_attempts: 10,
+            base_delay_ms: 100,
+            max_delay_ms: 1_000,
+        };
+        let delays: Vec<u128> = (1..=6).map(|a| r.backoff(a).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1_000, 1_000]);
+        assert_eq!(r.backoff(200).as_millis(), 1_000);
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_unknown_keys_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("w.toml");
+        std::fs::write(
+            &file,
+            "[allow]\nread_buckets = [\"a-in\"]\nwrite_buckets = [\"a-out\"]\n\
+             [chain]\nallow_unsafe_chain = true\n[retry]\nmax_attempts = 3\n",
+        )
+        .expect("write");
+        let env = config::Map::from([
+            ("INPAINT__RETRY__MAX_ATTEMPTS".to_owned(), "7".to_owned()),
+            (
+                "INPAINT__ALLOW__WRITE_BUCKETS".to_owned(),
+                "x-out,y-out".to_owned(),
+            ),
+        ]);
+        let s = Settings::load_from(Some(&file), Some(env)).expect("load");
+        assert_eq!(s.retry.max_attempts, 7);
+        assert_eq!(s.allow.write_buckets, vec!["x-out", "y-out"]);
+        assert_eq!(s.allow.read_buckets, vec!["a-in"]);
+
+        std::fs::write(&file, "[retry]\nmax_atempts = 3\n").expect("write");
+        let err = Settings::load_from(Some(&file), Some(config::Map::new())).expect_err("typo");
+        assert!(err.to_string().contains("max_atempts"), "{err}");
+
+        let env =
+            config::Map::from([("INPAINT__RETRY__MAX_ATTEMPTS".to_owned(), "many".to_owned())]);
+        std::fs::write(&file, "").expect("write");
+        let err = Settings::load_from(Some(&file), Some(env)).expect_err("not a number");
+        assert!(err.to_string().contains("max_attempts"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_loads() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/worker.example.toml");
+        let s = Settings::load_from(Some(&file), Some(config::Map::new())).expect("example loads");
+        s.validate().expect("example is valid");
+    }
+}
