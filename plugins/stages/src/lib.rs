@@ -18,6 +18,7 @@
 
 use inpaint_plugin_api::{Chain, ChainPolicyError, Stage, StageError, check_required_kinds};
 use inpaint_prompt_policy::PromptPolicyConfig;
+use inpaint_watermark::WatermarkConfig;
 use serde::{Deserialize, Serialize};
 
 pub use inpaint_plugin_api::REQUIRED_STAGE_KINDS;
@@ -35,6 +36,9 @@ pub use inpaint_plugin_api::REQUIRED_STAGE_KINDS;
 pub enum StageConfig {
     /// Prompt policy before inference (OpenRAIL-M Attachment A categories).
     PromptPolicy(PromptPolicyConfig),
+    /// Invisible watermark (invisible-watermark `dwtDct`) on each output image. Put it after
+    /// every stage that changes pixels and before provenance.
+    Watermark(WatermarkConfig),
 }
 
 impl StageConfig {
@@ -42,6 +46,7 @@ impl StageConfig {
     pub fn kind_name(&self) -> &'static str {
         match self {
             StageConfig::PromptPolicy(_) => "prompt-policy",
+            StageConfig::Watermark(_) => "watermark",
         }
     }
 
@@ -54,6 +59,9 @@ impl StageConfig {
         };
         match self {
             StageConfig::PromptPolicy(config) => Ok(Box::new(
+                config.build().map_err(|e| build_error(Box::new(e)))?,
+            )),
+            StageConfig::Watermark(config) => Ok(Box::new(
                 config.build().map_err(|e| build_error(Box::new(e)))?,
             )),
         }
@@ -108,7 +116,9 @@ files = ["local.toml"]
             settings.plugins[0],
             StageConfig::PromptPolicy(PromptPolicyConfig::default())
         );
-        let StageConfig::PromptPolicy(second) = &settings.plugins[1];
+        let StageConfig::PromptPolicy(second) = &settings.plugins[1] else {
+            panic!("expected a prompt-policy stage");
+        };
         assert!(!second.load_defaults);
     }
 
@@ -123,9 +133,11 @@ files = ["local.toml"]
 
     #[test]
     // One entry per variant: the list grows with the enum.
-    #[allow(clippy::single_element_loop)]
     fn kind_name_matches_the_serde_tag() {
-        for config in [StageConfig::PromptPolicy(PromptPolicyConfig::default())] {
+        for config in [
+            StageConfig::PromptPolicy(PromptPolicyConfig::default()),
+            StageConfig::Watermark(WatermarkConfig::default()),
+        ] {
             let json = serde_json::to_value(&config).expect("serialize");
             assert_eq!(json["type"], config.kind_name());
         }
@@ -143,6 +155,37 @@ files = ["local.toml"]
         );
         let warnings = check_required(&stages, true).expect("override");
         assert_eq!(warnings.len(), 2);
+    }
+
+    #[test]
+    fn watermark_stage_is_configured_and_built() {
+        let settings: Settings = toml::from_str(
+            r#"
+[[plugins]]
+type = "watermark"
+payload = { text = "operator-42" }
+small_images = "skip"
+"#,
+        )
+        .expect("valid settings");
+        let StageConfig::Watermark(config) = &settings.plugins[0] else {
+            panic!("expected a watermark stage");
+        };
+        assert_eq!(
+            config.payload,
+            inpaint_watermark::PayloadSpec::Text("operator-42".into())
+        );
+        let chain = build_chain(&settings.plugins).expect("build");
+        assert_eq!(chain.names().collect::<Vec<_>>(), vec!["watermark"]);
+        let bad: Settings =
+            toml::from_str("[[plugins]]\ntype = \"watermark\"\npayload = { hex = \"abc\" }\n")
+                .expect("parses");
+        let err = build_chain(&bad.plugins).expect_err("odd hex");
+        assert!(
+            err.to_string()
+                .starts_with("cannot build stage `watermark`"),
+            "{err}"
+        );
     }
 
     #[test]
