@@ -1,0 +1,322 @@
+//! [`SafetyCheckerConfig`] (plain serde data) and [`SafetyCheckerStage`], the running stage.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use image::RgbImage;
+use inpaint_engine::{DeviceSpec, Precision};
+use inpaint_plugin_api::{
+    Block, Change, JobContext, Modification, OutputImage, Stage, StageError, Verdict,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::checker::{SafetyChecker, SafetyResult};
+use crate::error::SafetyError;
+
+/// What the stage does with an output image that the checker flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NsfwAction {
+    /// Withhold the image: the stage returns a block (category `nsfw`), nothing is written.
+    #[default]
+    Block,
+    /// diffusers' behaviour: replace the image with a black one of the same size.
+    BlackOut,
+    /// Replace the image with a strongly blurred copy (Gaussian).
+    Blur,
+}
+
+/// Configuration of the safety-checker stage.
+///
+/// ```toml
+/// [[plugins]]
+/// type = "safety-checker"
+/// model = "/models/stable-diffusion-inpainting"  # holds safety_checker/ and feature_extractor/
+/// device = "auto"        # auto | cpu | cuda | cuda:N
+/// precision = "f32"      # f32 | f16 | bf16
+/// action = "block"       # block | black_out | blur
+/// adjustment = 0.0       # added to every score: > 0 stricter, < 0 looser
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SafetyCheckerConfig {
+    /// The Stable Diffusion model folder containing `safety_checker/` (`config.json`,
+    /// `model.safetensors`) and `feature_extractor/` (`preprocessor_config.json`).
+    pub model: PathBuf,
+    /// Where the checker runs.
+    pub device: DeviceSpec,
+    /// Floating-point format of the checker's weights and activations (the published weights
+    /// are fp16; f32 is the reference, f16 the usual GPU choice).
+    pub precision: Precision,
+    /// What to do with a flagged output image.
+    pub action: NsfwAction,
+    /// Operator adjustment added to every score before the `> 0` test (diffusers: 0.0). Positive
+    /// values flag more images (stricter), negative fewer (looser); 0.01 is a noticeable step.
+    pub adjustment: f32,
+    /// Standard deviation of the blur in pixels for `action = "blur"`; by default a twentieth of
+    /// the image's longer side (at least 8), which leaves only colour blobs.
+    pub blur_sigma: Option<f32>,
+    /// Also check the job's input image before inference. Needs the input image in
+    /// `JobContext`, which the plugin API does not carry yet: building the stage with this set
+    /// fails until it does.
+    pub check_input: bool,
+}
+
+impl Default for SafetyCheckerConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            device: DeviceSpec::Auto,
+            precision: Precision::F32,
+            action: NsfwAction::Block,
+            adjustment: 0.0,
+            blur_sigma: None,
+            check_input: false,
+        }
+    }
+}
+
+impl SafetyCheckerConfig {
+    /// Resolves the device and loads the checker.
+    pub fn build(&self) -> Result<SafetyCheckerStage, SafetyError> {
+        if self.model.as_os_str().is_empty() {
+            return Err(SafetyError::Unsupported(
+                "`model` (the folder with safety_checker/ and feature_extractor/) is not set"
+                    .into(),
+            ));
+        }
+        if self.check_input {
+            return Err(SafetyError::Unsupported(
+                "`check_input` needs the job's input image in the plugin API's JobContext, \
+                 which this version does not carry"
+                    .into(),
+            ));
+        }
+        if !self.adjustment.is_finite() || self.blur_sigma.is_some_and(|s| s.is_nan() || s <= 0.0) {
+            return Err(SafetyError::Unsupported(
+                "`adjustment` must be finite and `blur_sigma` positive".into(),
+            ));
+        }
+        let device = self.device.resolve()?;
+        let checker = SafetyChecker::load(
+            &self.model.join("safety_checker"),
+            &self.model.join("feature_extractor"),
+            device,
+            self.precision.kind(),
+        )?
+        .with_adjustment(self.adjustment);
+        Ok(SafetyCheckerStage::new(
+            checker,
+            self.action,
+            self.blur_sigma,
+        ))
+    }
+}
+
+/// The safety-checker stage: runs the checker on every output image and blocks, blacks out or
+/// blurs flagged ones. Scores go into the image's report (`AddScores`) and metadata
+/// (`safety_checker.nsfw`, `safety_checker.flagged_concepts`) whatever the outcome.
+#[derive(Debug)]
+pub struct SafetyCheckerStage {
+    // libtorch tensors are `Send` but not `Sync`: the mutex makes the stage shareable (and
+    // serialises the checker's use of the device).
+    checker: Mutex<SafetyChecker>,
+    action: NsfwAction,
+    blur_sigma: Option<f32>,
+}
+
+/// The scores of one result as a report: `concept.NN`, `special.N`, `nsfw`, `special_care`.
+pub fn report_scores(result: &SafetyResult) -> BTreeMap<String, f32> {
+    let mut scores = BTreeMap::new();
+    for (i, s) in result.concept_scores.iter().enumerate() {
+        scores.insert(format!("concept.{i:02}"), *s);
+    }
+    for (i, s) in result.special_scores.iter().enumerate() {
+        scores.insert(format!("special.{i}"), *s);
+    }
+    scores.insert("nsfw".into(), f32::from(u8::from(result.nsfw)));
+    scores.insert(
+        "special_care".into(),
+        f32::from(u8::from(result.special_care)),
+    );
+    scores
+}
+
+fn rule_ids(result: &SafetyResult) -> Vec<String> {
+    result
+        .flagged_concepts
+        .iter()
+        .map(|i| format!("concept:{i}"))
+        .chain(
+            result
+                .special_care_concepts
+                .iter()
+                .map(|i| format!("special_care:{i}")),
+        )
+        .collect()
+}
+
+/// A strong Gaussian blur; `sigma` defaults to a twentieth of the longer side, at least 8.
+pub fn strong_blur(image: &RgbImage, sigma: Option<f32>) -> RgbImage {
+    let longer = image.width().max(image.height()) as f32;
+    let sigma = sigma.unwrap_or((longer / 20.0).max(8.0));
+    image::imageops::blur(image, sigma)
+}
+
+impl SafetyCheckerStage {
+    /// The stage's name in logs and audit entries.
+    pub const NAME: &'static str = "safety-checker";
+
+    /// A stage around a loaded checker.
+    pub fn new(checker: SafetyChecker, action: NsfwAction, blur_sigma: Option<f32>) -> Self {
+        Self {
+            checker: Mutex::new(checker),
+            action,
+            blur_sigma,
+        }
+    }
+
+    /// Runs the checker on a batch of images (all outputs of a job at once).
+    pub fn check(&self, images: &[RgbImage]) -> Result<Vec<SafetyResult>, StageError> {
+        let checker = self
+            .checker
+            .lock()
+            .map_err(|_| StageError::Failed("safety checker lock poisoned".into()))?;
+        checker
+            .check(images)
+            .map_err(|e| StageError::Failed(e.to_string()))
+    }
+
+    /// The verdict for one image and its result.
+    pub fn verdict(&self, image: &RgbImage, result: &SafetyResult) -> Verdict {
+        let scores = report_scores(result);
+        let flagged = result
+            .flagged_concepts
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        if result.nsfw {
+            tracing::warn!(
+                flagged = %flagged,
+                special_care = result.special_care,
+                action = ?self.action,
+                "safety checker flagged an output image"
+            );
+        }
+        let mut mods = vec![
+            Modification::new(Change::AddScores(scores.clone())),
+            Modification::new(Change::AddMetadata {
+                key: "safety_checker.nsfw".into(),
+                value: result.nsfw.to_string(),
+            }),
+            Modification::new(Change::AddMetadata {
+                key: "safety_checker.flagged_concepts".into(),
+                value: flagged.clone(),
+            }),
+        ];
+        if !result.nsfw {
+            return Verdict::Modify(mods);
+        }
+        let replacement = match self.action {
+            NsfwAction::Block => {
+                return Verdict::Block(Block {
+                    category: "nsfw".into(),
+                    reason: format!(
+                        "the safety checker flagged concept(s) {flagged}{}",
+                        if result.special_care {
+                            " (special care)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    scores,
+                    rules: rule_ids(result),
+                });
+            }
+            NsfwAction::BlackOut => RgbImage::new(image.width(), image.height()),
+            NsfwAction::Blur => strong_blur(image, self.blur_sigma),
+        };
+        mods.push(
+            Modification::new(Change::ReplaceImage(replacement))
+                .with_category("nsfw")
+                .with_rules(rule_ids(result)),
+        );
+        Verdict::Modify(mods)
+    }
+}
+
+impl Stage for SafetyCheckerStage {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn after_output(&self, _ctx: &JobContext, image: &OutputImage) -> Result<Verdict, StageError> {
+        let results = self.check(std::slice::from_ref(&image.image))?;
+        let result = results
+            .first()
+            .ok_or_else(|| StageError::Failed("safety checker returned no result".into()))?;
+        Ok(self.verdict(&image.image, result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_strict_serde_data() {
+        let config: SafetyCheckerConfig = serde_json::from_str(
+            r#"{"model": "/m", "action": "black_out", "adjustment": 0.01, "device": "cpu"}"#,
+        )
+        .expect("json");
+        assert_eq!(config.action, NsfwAction::BlackOut);
+        assert_eq!(config.device, DeviceSpec::Cpu);
+        assert_eq!(config.precision, Precision::F32);
+        assert!(serde_json::from_str::<SafetyCheckerConfig>(r#"{"modle": "/m"}"#).is_err());
+        assert!(serde_json::from_str::<SafetyCheckerConfig>(r#"{"action": "hide"}"#).is_err());
+        assert_eq!(
+            SafetyCheckerConfig::default().action,
+            NsfwAction::Block,
+            "blocking is the default"
+        );
+    }
+
+    #[test]
+    fn unusable_configurations_fail_to_build() {
+        let err = SafetyCheckerConfig::default()
+            .build()
+            .expect_err("no model");
+        assert!(err.to_string().contains("`model`"), "{err}");
+        let config = SafetyCheckerConfig {
+            model: "/m".into(),
+            check_input: true,
+            ..SafetyCheckerConfig::default()
+        };
+        let err = config.build().expect_err("input check");
+        assert!(err.to_string().contains("check_input"), "{err}");
+    }
+
+    #[test]
+    fn blur_removes_detail() {
+        let mut image = RgbImage::new(64, 64);
+        for (x, y, p) in image.enumerate_pixels_mut() {
+            *p = image::Rgb(if (x / 2 + y / 2) % 2 == 0 {
+                [255; 3]
+            } else {
+                [0; 3]
+            });
+        }
+        let blurred = strong_blur(&image, None);
+        assert_eq!(blurred.dimensions(), (64, 64));
+        // Away from the borders (where the kernel is cut off) only the mean grey is left.
+        let (lo, hi) = blurred
+            .enumerate_pixels()
+            .filter(|(x, y, _)| (16..48).contains(x) && (16..48).contains(y))
+            .fold((255u8, 0u8), |(lo, hi), (_, _, p)| {
+                (lo.min(p.0[0]), hi.max(p.0[0]))
+            });
+        assert!(hi - lo < 16, "checkerboard survived: {lo}..{hi}");
+    }
+}
