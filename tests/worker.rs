@@ -387,6 +387,38 @@ async fn tiny_real_model_happy_path() {
     );
     assert_eq!(result.outputs[0].seed, 7);
     assert_outputs_exist(&world, &result).await;
+
+    // No explicit size: the output has the input's size, and preserve_unmasked (the default)
+    // keeps every pixel outside the mask (x <= 48) exactly.
+    let job = world.job(&image, &mask);
+    world.publish(&job).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    assert_eq!(
+        (result.outputs[0].width, result.outputs[0].height),
+        (96, 64)
+    );
+    let stored = world
+        .storage
+        .get(&result.outputs[0].uri, None)
+        .await
+        .expect("output");
+    let out = image::load_from_memory(&stored.bytes)
+        .expect("png")
+        .to_rgb8();
+    let input = world.storage.get(&image, None).await.expect("input");
+    let input = image::load_from_memory(&input.bytes)
+        .expect("png")
+        .to_rgb8();
+    for y in 0..64 {
+        for x in 0..=40 {
+            assert_eq!(
+                out.get_pixel(x, y),
+                input.get_pixel(x, y),
+                "pixel {x},{y} outside the mask"
+            );
+        }
+    }
     worker.shutdown().await;
 }
 

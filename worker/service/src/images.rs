@@ -1,13 +1,13 @@
 //! Image handling around inference: decoding inputs within limits (pixel count read from the
-//! header before any decoding), fitting them to the output size, and encoding outputs.
+//! header before any decoding) and encoding outputs. Output sizes, crop-to-mask and compositing
+//! are the engine's (`inpaint_engine::job`).
 
 use std::io::Cursor;
 
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::codecs::webp::WebPEncoder;
-use image::imageops::FilterType;
-use image::{GrayImage, ImageEncoder, ImageReader, RgbImage};
+use image::{ImageEncoder, ImageReader, RgbImage};
 use inpaint_job::{ErrorCode, OutputFormat};
 
 use crate::error::JobFailure;
@@ -38,57 +38,6 @@ pub fn decode_rgb(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage,
     limits.max_image_height = Some(height);
     limited.limits(limits);
     Ok(limited.decode().map_err(undecodable)?.to_rgb8())
-}
-
-/// The output size of a job: the requested width/height, else the input's size rounded down to
-/// a multiple of 8 (512 in text-only mode), each side capped at `max_side`.
-pub fn output_size(
-    requested: (Option<u32>, Option<u32>),
-    input: Option<(u32, u32)>,
-    max_side: u32,
-) -> Result<(u32, u32), JobFailure> {
-    let fallback = input.unwrap_or((
-        inpaint_job::job::TEXT_ONLY_DEFAULT_SIDE,
-        inpaint_job::job::TEXT_ONLY_DEFAULT_SIDE,
-    ));
-    let side = |asked: Option<u32>, from_input: u32, field: &str| match asked {
-        Some(side) if side > max_side => Err(JobFailure::permanent(
-            ErrorCode::InvalidParameter,
-            format!("params.{field}: {side} is above this worker's maximum of {max_side}"),
-        )),
-        Some(side) => Ok(side),
-        None => {
-            let rounded = (from_input / 8 * 8).min(max_side);
-            if rounded < 64 {
-                Err(JobFailure::permanent(
-                    ErrorCode::InvalidParameter,
-                    format!("params.{field}: the input is {from_input} pixels, smaller than 64"),
-                ))
-            } else {
-                Ok(rounded)
-            }
-        }
-    };
-    Ok((
-        side(requested.0, fallback.0, "width")?,
-        side(requested.1, fallback.1, "height")?,
-    ))
-}
-
-/// The image and mask at output size: unchanged when they already fit, else resized (Lanczos
-/// for the image, nearest for the mask so that it stays binary).
-pub fn fit(image: RgbImage, mask: GrayImage, size: (u32, u32)) -> (RgbImage, GrayImage) {
-    let image = if image.dimensions() == size {
-        image
-    } else {
-        image::imageops::resize(&image, size.0, size.1, FilterType::Lanczos3)
-    };
-    let mask = if mask.dimensions() == size {
-        mask
-    } else {
-        image::imageops::resize(&mask, size.0, size.1, FilterType::Nearest)
-    };
-    (image, mask)
 }
 
 /// Encodes an output in the job's format.
@@ -137,28 +86,6 @@ mod tests {
         let err = decode_rgb(b"not an image", "mask", 10).expect_err("garbage");
         assert_eq!(err.code, ErrorCode::UndecodableImage);
         assert!(err.message.starts_with("mask"), "{}", err.message);
-    }
-
-    #[test]
-    fn output_size_follows_input_and_caps() {
-        assert_eq!(
-            output_size((None, None), Some((517, 300)), 1024).expect("ok"),
-            (512, 296)
-        );
-        assert_eq!(
-            output_size((None, None), None, 1024).expect("ok"),
-            (512, 512)
-        );
-        assert_eq!(
-            output_size((None, None), Some((4000, 3000)), 1024).expect("ok"),
-            (1024, 1024)
-        );
-        assert_eq!(
-            output_size((Some(64), None), Some((128, 96)), 1024).expect("ok"),
-            (64, 96)
-        );
-        let err = output_size((Some(2048), None), None, 1024).expect_err("above max");
-        assert_eq!(err.code, ErrorCode::InvalidParameter);
     }
 
     #[test]

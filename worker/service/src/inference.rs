@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use image::{GrayImage, RgbImage};
 use inpaint_engine::EngineError;
+use inpaint_engine::job::JobSpec;
 use inpaint_engine::model_folder::LoadOptions;
-use inpaint_engine::pipeline::{BatchNoise, InpaintPipeline, InpaintRequest, StepControl};
+use inpaint_engine::pipeline::{InpaintPipeline, StepControl};
 use inpaint_engine::schedulers::SchedulerKind;
 use inpaint_job::{JobId, ModelInfo, Scheduler};
 use sha2::{Digest, Sha256};
@@ -26,7 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::settings::EngineConfig;
 
-/// One inference call: everything the model needs, images already at output size.
+/// One inference call: everything the model needs. Size rules, crop-to-mask and the
+/// `preserve_unmasked` composite are the engine's (`InpaintPipeline::run_job`).
 #[derive(Clone, Debug)]
 pub struct InferenceRequest {
     /// The job, for logs.
@@ -35,14 +37,14 @@ pub struct InferenceRequest {
     pub prompt: String,
     /// The negative prompt (after the plugin chain).
     pub negative_prompt: Option<String>,
-    /// The image, exactly `width` × `height`; None in text-only mode.
+    /// The image as decoded; None in text-only mode.
     pub image: Option<RgbImage>,
-    /// The mask, same size as the image.
+    /// The mask (luma), same size as the image.
     pub mask: Option<GrayImage>,
-    /// Output width.
-    pub width: u32,
-    /// Output height.
-    pub height: u32,
+    /// Explicit output width (None: from the input, 512 in text-only mode).
+    pub width: Option<u32>,
+    /// Explicit output height.
+    pub height: Option<u32>,
     /// Denoising steps.
     pub num_inference_steps: u32,
     /// Guidance scale.
@@ -55,6 +57,16 @@ pub struct InferenceRequest {
     pub scheduler: Scheduler,
     /// One seed per image.
     pub seeds: Vec<u64>,
+    /// Paste the input back outside the (grown, feathered) mask.
+    pub preserve_unmasked: bool,
+    /// Mask dilation in pixels.
+    pub mask_grow_px: u32,
+    /// Mask feathering in pixels.
+    pub mask_feather_px: u32,
+    /// Crop-to-mask padding, when the job asks for it.
+    pub crop_to_mask: Option<u32>,
+    /// Longest input side inferred without cropping.
+    pub max_side: u32,
 }
 
 /// What inference made.
@@ -104,7 +116,8 @@ pub trait Inference: Send {
     ) -> Result<InferenceOutput, InferenceError>;
 }
 
-/// Returns the input image for every seed (a grey canvas in text-only mode), calling the step
+/// Returns the input image for every seed, resized to an explicit width/height (a grey canvas
+/// in text-only mode), calling the step
 /// callback `num_inference_steps` times with an optional pause per step. For tests and for
 /// measuring the worker's own overhead.
 #[derive(Clone, Debug, Default)]
@@ -138,9 +151,19 @@ impl Inference for PassThrough {
                 return Err(InferenceError::Cancelled);
             }
         }
-        let image = request.image.clone().unwrap_or_else(|| {
-            RgbImage::from_pixel(request.width, request.height, image::Rgb([128, 128, 128]))
-        });
+        let image = match &request.image {
+            Some(image) => match (request.width, request.height) {
+                (Some(w), Some(h)) if (w, h) != image.dimensions() => {
+                    image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle)
+                }
+                _ => image.clone(),
+            },
+            None => RgbImage::from_pixel(
+                request.width.unwrap_or(512),
+                request.height.unwrap_or(512),
+                image::Rgb([128, 128, 128]),
+            ),
+        };
         Ok(InferenceOutput {
             images: request.seeds.iter().map(|_| image.clone()).collect(),
             prompt_truncated: false,
@@ -209,7 +232,7 @@ impl Inference for TchEngine {
         r: &InferenceRequest,
         on_step: &mut dyn FnMut(usize, usize) -> StepControl,
     ) -> Result<InferenceOutput, InferenceError> {
-        let request = InpaintRequest {
+        let spec = JobSpec {
             prompt: r.prompt.clone(),
             negative_prompt: r.negative_prompt.clone(),
             image: r.image.clone(),
@@ -222,9 +245,13 @@ impl Inference for TchEngine {
             eta: r.eta,
             scheduler: scheduler_kind(r.scheduler),
             seeds: r.seeds.clone(),
-            batch_noise: BatchNoise::PerImage,
+            preserve_unmasked: r.preserve_unmasked,
+            mask_grow_px: r.mask_grow_px,
+            mask_feather_px: r.mask_feather_px,
+            crop_to_mask: r.crop_to_mask,
+            max_side: r.max_side,
         };
-        match self.pipeline.run(&request, on_step) {
+        match self.pipeline.run_job(&spec, on_step) {
             Ok(out) => Ok(InferenceOutput {
                 images: out.images,
                 prompt_truncated: out.prompt_truncated,
@@ -445,14 +472,19 @@ mod tests {
             negative_prompt: None,
             image: None,
             mask: None,
-            width: 8,
-            height: 8,
+            width: Some(8),
+            height: Some(8),
             num_inference_steps: 3,
             guidance_scale: 7.5,
             strength: 1.0,
             eta: 0.0,
             scheduler: Scheduler::Pndm,
             seeds: vec![1, 2],
+            preserve_unmasked: true,
+            mask_grow_px: 0,
+            mask_feather_px: 0,
+            crop_to_mask: None,
+            max_side: 1024,
         }
     }
 

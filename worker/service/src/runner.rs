@@ -792,25 +792,21 @@ async fn execute(
     };
     stage_ms(timings, metrics, "download", t);
 
-    let size = images::output_size(
-        (job.params.width, job.params.height),
-        inputs.as_ref().map(|(image, _)| image.dimensions()),
-        limits.max_output_side,
-    )?;
-    if job.params.crop_to_mask.is_some() {
-        // INTEGRATION POINT (engine issue): crop-to-mask (crop around the mask's bounding box,
-        // scale to `size`, paste back) belongs to inpaint-engine and is not there yet. Refused
-        // rather than silently ignored.
-        return Err(JobFailure::permanent(
-            ErrorCode::InvalidParameter,
-            "params.crop_to_mask is not supported by this worker build yet",
-        ));
+    for (field, side) in [("width", job.params.width), ("height", job.params.height)] {
+        if let Some(side) = side
+            && side > limits.max_output_side
+        {
+            return Err(JobFailure::permanent(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "params.{field}: {side} is above this worker's maximum of {}",
+                    limits.max_output_side
+                ),
+            ));
+        }
     }
     let (image, mask) = match inputs {
-        Some((image, mask)) => {
-            let (image, mask) = images::fit(image, mask, size);
-            (Some(image), Some(mask))
-        }
+        Some((image, mask)) => (Some(image), Some(mask)),
         None => (None, None),
     };
 
@@ -845,16 +841,21 @@ async fn execute(
         job_id: job.job_id,
         prompt: context.prompt.clone(),
         negative_prompt: context.negative_prompt.clone(),
-        image: image.clone(),
-        mask: mask.clone(),
-        width: size.0,
-        height: size.1,
+        image,
+        mask,
+        width: job.params.width,
+        height: job.params.height,
         num_inference_steps: job.params.num_inference_steps,
         guidance_scale: job.params.guidance_scale,
         strength: job.params.strength,
         eta: job.params.eta,
         scheduler: job.params.scheduler,
         seeds: seeds.clone(),
+        preserve_unmasked: job.params.preserve_unmasked,
+        mask_grow_px: job.params.mask_grow_px,
+        mask_feather_px: job.params.mask_feather_px,
+        crop_to_mask: job.params.crop_to_mask.map(|c| c.padding_px),
+        max_side: limits.max_output_side,
     };
     let flag = shared.cancels.start(job.job_id);
     let cancel_watch = {
@@ -891,10 +892,7 @@ async fn execute(
     let output = output?;
     stage_ms(timings, metrics, "inference", t);
 
-    // INTEGRATION POINT (engine issue): `preserve_unmasked` with `mask_grow_px` /
-    // `mask_feather_px` (inpaint_engine::composite) pastes the original pixels back outside the
-    // mask. Until the engine exports it, outputs are the engine's decoded images unchanged and
-    // those three parameters have no effect.
+    // Size rules, crop-to-mask and the preserve_unmasked composite ran in the engine.
     let composited = output.images;
 
     // Plugin chain after output.

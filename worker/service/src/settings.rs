@@ -70,8 +70,9 @@ pub struct LimitsConfig {
     pub max_object_bytes: u64,
     /// Largest decoded image, in pixels (checked from the image header, before decoding).
     pub max_decoded_pixels: u64,
-    /// Largest output side in pixels (a multiple of 8); larger requests are capped when the size
-    /// comes from the input image and refused when the job asks for it.
+    /// Largest side in pixels (a multiple of 8) the model runs at: a job asking for a larger
+    /// width or height is refused; an input with a longer side (and no explicit size) is
+    /// inpainted through crop-to-mask around its mask and pasted back, at full size.
     pub max_output_side: u32,
 }
 
