@@ -18,6 +18,8 @@
 
 use inpaint_plugin_api::{Chain, ChainPolicyError, Stage, StageError, check_required_kinds};
 use inpaint_prompt_policy::PromptPolicyConfig;
+#[cfg(feature = "safety-checker")]
+use inpaint_safety_checker::SafetyCheckerConfig;
 use inpaint_watermark::WatermarkConfig;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +38,11 @@ pub use inpaint_plugin_api::REQUIRED_STAGE_KINDS;
 pub enum StageConfig {
     /// Prompt policy before inference (OpenRAIL-M Attachment A categories).
     PromptPolicy(PromptPolicyConfig),
+    /// CLIP safety checker (diffusers' `StableDiffusionSafetyChecker`) on each output image:
+    /// blocks (default), blacks out or blurs flagged images and reports every score. Put it
+    /// before the watermark. Needs libtorch: cargo feature `safety-checker` (default).
+    #[cfg(feature = "safety-checker")]
+    SafetyChecker(SafetyCheckerConfig),
     /// Invisible watermark (invisible-watermark `dwtDct`) on each output image. Put it after
     /// every stage that changes pixels and before provenance.
     Watermark(WatermarkConfig),
@@ -46,6 +53,8 @@ impl StageConfig {
     pub fn kind_name(&self) -> &'static str {
         match self {
             StageConfig::PromptPolicy(_) => "prompt-policy",
+            #[cfg(feature = "safety-checker")]
+            StageConfig::SafetyChecker(_) => "safety-checker",
             StageConfig::Watermark(_) => "watermark",
         }
     }
@@ -62,6 +71,10 @@ impl StageConfig {
                 config.build().map_err(|e| build_error(Box::new(e)))?,
             )),
             StageConfig::Watermark(config) => Ok(Box::new(
+                config.build().map_err(|e| build_error(Box::new(e)))?,
+            )),
+            #[cfg(feature = "safety-checker")]
+            StageConfig::SafetyChecker(config) => Ok(Box::new(
                 config.build().map_err(|e| build_error(Box::new(e)))?,
             )),
         }
@@ -185,6 +198,39 @@ small_images = "skip"
             err.to_string()
                 .starts_with("cannot build stage `watermark`"),
             "{err}"
+        );
+    }
+
+    #[cfg(feature = "safety-checker")]
+    #[test]
+    fn safety_checker_stage_is_configured() {
+        let settings: Settings = toml::from_str(
+            r#"
+[[plugins]]
+type = "safety-checker"
+model = "/nonexistent/sd-inpainting"
+device = "cpu"
+action = "black_out"
+adjustment = 0.01
+"#,
+        )
+        .expect("valid settings");
+        let config = &settings.plugins[0];
+        let StageConfig::SafetyChecker(inner) = config else {
+            panic!("expected a safety-checker stage");
+        };
+        assert_eq!(inner.action, inpaint_safety_checker::NsfwAction::BlackOut);
+        let json = serde_json::to_value(config).expect("serialize");
+        assert_eq!(json["type"], config.kind_name());
+        let err = build_chain(&settings.plugins).expect_err("no model there");
+        assert!(
+            err.to_string()
+                .starts_with("cannot build stage `safety-checker`"),
+            "{err}"
+        );
+        assert!(
+            toml::from_str::<Settings>("[[plugins]]\ntype = \"safety-checker\"\nmodle = \"x\"\n")
+                .is_err()
         );
     }
 
