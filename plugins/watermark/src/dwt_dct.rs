@@ -2,11 +2,11 @@
 //! [`encode`], [`votes`], [`decode`], [`detect`].
 //!
 //! What the reference does, step by step (and so what this module does):
-//! 1. Convert the image to YUV with OpenCV's fixed-point formulas ([`crate::color`]); only the
+//! 1. Convert the image to YUV with OpenCV's fixed-point formulas (module `color`); only the
 //!    U channel is watermarked (the default scales are `[0, 36, 36]`, the loop covers channels
 //!    0 and 1, and scale 0 skips Y).
 //! 2. Crop U to multiples of 4 rows and columns and apply a one-level Haar DWT
-//!    ([`crate::haar`]).
+//!    (module `haar`).
 //! 3. Cut the approximation band `cA` into 4×4 blocks in raster order; block `n` carries bit
 //!    `n % len`. Despite the name, **no DCT is applied**: in each block the coefficient of
 //!    largest magnitude other than `[0][0]` (the first one on ties) gets magnitude

@@ -12,7 +12,7 @@
 //! - [`dwt_dct`]: [`encode`], [`decode`], [`votes`], [`detect`] (the algorithm).
 //! - [`payload`]: [`Payload`] (bytes MSB first, hex, bit strings) and [`DEFAULT_PAYLOAD`].
 //! - [`stage`]: [`WatermarkConfig`] and [`WatermarkStage`], the plugin stage.
-//! - [`file`]: [`embed_file`] and [`detect_file`], for the worker's `watermark` subcommands.
+//! - [`file`](mod@file): [`embed_file`] and [`detect_file`], for the worker's `watermark` subcommands.
 //! - `color` and `haar` (private): OpenCV's fixed-point YUV and PyWavelets' Haar transform.
 //! - [`error`](mod@error): [`WatermarkError`].
 
