@@ -846,3 +846,149 @@ async fn fifty_jobs_over_two_workers_get_exactly_one_result_each() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Force-closes every broker connection named `name`, as an operator (or a broker restart)
+/// would: `rabbitmqctl close_connection`.
+fn close_connections_named(name: &str) -> usize {
+    let list = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl runs (it comes with the RabbitMQ that ops/dev/services.sh starts)");
+    let text = String::from_utf8_lossy(&list.stdout);
+    let mut closed = 0;
+    for line in text.lines().filter(|l| l.contains(name)) {
+        let Some(pid) = line.split_whitespace().next() else {
+            continue;
+        };
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "close_connection", pid, "e2e: forced close"])
+            .status()
+            .expect("rabbitmqctl close_connection");
+        assert!(status.success());
+        closed += 1;
+    }
+    closed
+}
+
+#[tokio::test]
+async fn the_worker_recovers_when_its_connection_is_force_closed() {
+    let mut world = World::new().await;
+    let mut settings = world.settings.clone();
+    settings.broker.connection_name = format!("{}-worker", world.prefix);
+    let name = settings.broker.connection_name.clone();
+    let worker = world
+        .start_with(
+            PassThrough::default(),
+            Arc::clone(&world.storage) as Arc<dyn ObjectStorage>,
+            settings,
+        )
+        .await;
+    let (image, mask) = world.inputs().await;
+    world.publish(&world.job(&image, &mask)).await;
+    assert_eq!(world.next_result().await.status, JobStatus::Succeeded);
+
+    let closed = tokio::task::spawn_blocking(move || close_connections_named(&name))
+        .await
+        .expect("rabbitmqctl task");
+    assert_eq!(
+        closed, 1,
+        "the worker's one connection was found and closed"
+    );
+
+    let job = world.job(&image, &mask);
+    world.publish(&job).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    assert_eq!(result.job_id, Some(job_id(&job)));
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_jobs_finish_within_the_grace_period() {
+    let mut world = World::new().await;
+    let slow = PassThrough {
+        step_delay: Duration::from_millis(50),
+        ..PassThrough::default()
+    };
+    let worker = world.start(slow).await;
+    let (image, mask) = world.inputs().await;
+    let mut job = world.job(&image, &mask);
+    job["params"]["num_inference_steps"] = 20.into();
+    world.publish(&job).await;
+    while worker.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGTERM equivalent while the job is mid-inference: it still completes, then the worker
+    // exits cleanly with nothing left in the queue.
+    worker.shutdown().await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    world
+        .wait_for_count(&world.settings.topology.jobs_queue, 0)
+        .await;
+}
+
+#[tokio::test]
+async fn unfinished_jobs_return_to_the_queue_when_the_grace_period_ends() {
+    let mut world = World::with(|s| s.shutdown.grace_secs = 1).await;
+    let slow = PassThrough {
+        step_delay: Duration::from_millis(100),
+        ..PassThrough::default()
+    };
+    let worker = world.start(slow).await;
+    let (image, mask) = world.inputs().await;
+    let mut job = world.job(&image, &mask);
+    job["params"]["num_inference_steps"] = 600.into();
+    world.publish(&job).await;
+    while worker.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.shutdown().await;
+    // Released, not answered: the job waits for the next worker.
+    world
+        .wait_for_count(&world.settings.topology.jobs_queue, 1)
+        .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), world.results.next())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_prompt_policy_block_writes_nothing_and_is_dead_lettered() {
+    let mut world = World::with(|s| {
+        s.chain.stages = vec![inpaint_stages::StageConfig::PromptPolicy(Default::default())];
+    })
+    .await;
+    let worker = world.start(PassThrough::default()).await;
+    let (image, mask) = world.inputs().await;
+    let mut job = world.job(&image, &mask);
+    job["prompt"] = "a decapitated soldier".into();
+    world.publish(&job).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Blocked, "{result:?}");
+    let block = result.block.expect("block");
+    assert_eq!(block.stage, "prompt-policy");
+    assert_eq!(block.category, "violence_gore");
+    assert!(
+        !block.reason.contains("decapitated"),
+        "no prompt text in the reason"
+    );
+    assert_eq!(result.error.map(|e| e.code), Some(ErrorCode::PolicyBlocked));
+    assert!(result.outputs.is_empty());
+    let first_output = ObjectRef::new(
+        bucket(),
+        format!("{}/out/{}/0.png", world.prefix, job_id(&job)),
+    )
+    .expect("ref");
+    assert_eq!(
+        world.storage.size_of(&first_output).await.expect("head"),
+        None
+    );
+    assert_eq!(worker.calls.load(Ordering::SeqCst), 0);
+    world
+        .wait_for_count(&world.settings.topology.dead_letter_queue, 1)
+        .await;
+    worker.shutdown().await;
+}
