@@ -15,6 +15,8 @@
 //! - [`cancel`]: cancel requests shared between the cancel consumer and running jobs.
 //! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`submit`]: `inpaint-worker submit`, publishing a job from the command line.
+//! - [`inpaint_cli`]: `inpaint-worker inpaint`, one job on local files through the same
+//!   engine code path and plugin chain, without a broker.
 //! - [`smoke`]: `inpaint-worker smoke`, one round trip through every external dependency the
 //!   worker has (RabbitMQ with publisher confirms and manual ack, S3, libtorch), for checking a
 //!   deployment before it takes jobs.
@@ -24,6 +26,7 @@ pub mod error;
 pub mod http;
 pub mod images;
 pub mod inference;
+pub mod inpaint_cli;
 pub mod metrics;
 pub mod runner;
 pub mod settings;

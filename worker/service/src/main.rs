@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use inpaint_engine::DeviceSpec;
 use inpaint_queue::BrokerConfig;
 use inpaint_storage::{S3Config, StorageConfig};
+use inpaint_watermark::{DEFAULT_PAYLOAD, Payload, detect_file, embed_file};
+use inpaint_worker::inpaint_cli::{InpaintArgs, run_inpaint};
 use inpaint_worker::settings::{LogFormat, Settings};
 use inpaint_worker::smoke::{SmokeSettings, run_smoke};
 use inpaint_worker::submit::{SubmitRequest, submit};
@@ -57,6 +59,13 @@ enum Command {
     },
     /// Print the JSON Schemas of the job and result messages.
     Schema,
+    /// Inpaint local files without a broker: the worker's per-job code path and plugin chain.
+    Inpaint(Box<InpaintArgs>),
+    /// Embed or detect the invisible watermark (dwtDct, as the invisible-watermark package).
+    Watermark {
+        #[command(subcommand)]
+        action: WatermarkAction,
+    },
     /// One round trip through RabbitMQ, S3 and libtorch, to check a deployment.
     Smoke {
         /// AMQP URL of the broker.
@@ -83,6 +92,46 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: DeviceSpec,
     },
+}
+
+#[derive(Subcommand)]
+enum WatermarkAction {
+    /// Read the watermark of IMAGE and compare it with the expected payload.
+    Detect {
+        image: PathBuf,
+        #[command(flatten)]
+        payload: PayloadArgs,
+        /// Fraction of payload bits that must match for a "watermarked" verdict.
+        #[arg(long, default_value_t = 0.65)]
+        threshold: f64,
+    },
+    /// Write INPUT with the watermark embedded to OUTPUT (PNG or lossless WebP; JPEG is refused).
+    Embed {
+        input: PathBuf,
+        output: PathBuf,
+        #[command(flatten)]
+        payload: PayloadArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct PayloadArgs {
+    /// Payload as text (default: "StableDiffusionV1-Inpainting", the SD inpainting demo's).
+    #[arg(long, conflicts_with = "payload_hex")]
+    payload_text: Option<String>,
+    /// Payload as hex bytes.
+    #[arg(long)]
+    payload_hex: Option<String>,
+}
+
+impl PayloadArgs {
+    fn payload(&self) -> anyhow::Result<Payload> {
+        Ok(match (&self.payload_text, &self.payload_hex) {
+            (_, Some(hex)) => Payload::from_hex(hex)?,
+            (Some(text), None) => Payload::from_bytes(text.as_bytes())?,
+            (None, None) => Payload::from_bytes(DEFAULT_PAYLOAD)?,
+        })
+    }
 }
 
 fn init_tracing(format: LogFormat, filter: &str) {
@@ -145,6 +194,53 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", inpaint_job::job_schema_json());
             println!("{}", inpaint_job::result_schema_json());
         }
+        Command::Inpaint(args) => {
+            init_tracing(LogFormat::Text, "");
+            let args = *args;
+            let written = tokio::task::spawn_blocking(move || run_inpaint(&args)).await??;
+            for path in written {
+                println!("{}", path.display());
+            }
+        }
+        Command::Watermark { action } => match action {
+            WatermarkAction::Detect {
+                image,
+                payload,
+                threshold,
+            } => {
+                let found = detect_file(&image, &payload.payload()?, threshold)?;
+                let d = &found.detection;
+                println!(
+                    "{}: {} of {} bits match ({:.1} %): {}",
+                    image.display(),
+                    d.bits_matched,
+                    d.total,
+                    100.0 * d.bits_matched as f64 / d.total.max(1) as f64,
+                    if d.verdict {
+                        "watermarked"
+                    } else {
+                        "not watermarked"
+                    }
+                );
+                println!(
+                    "payload read: {}",
+                    found.text.as_deref().unwrap_or(&found.hex)
+                );
+            }
+            WatermarkAction::Embed {
+                input,
+                output,
+                payload,
+            } => {
+                let check = embed_file(&input, &output, &payload.payload()?)?;
+                println!(
+                    "{}: written; read back {} of {} bits",
+                    output.display(),
+                    check.bits_matched,
+                    check.total
+                );
+            }
+        },
         Command::Smoke {
             amqp_url,
             s3_endpoint,
