@@ -1,6 +1,8 @@
 //! What a stage sees: the job's context before inference and each composited output image.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -10,7 +12,7 @@ use uuid::Uuid;
 ///
 /// The prompt fields are user text: stages must never copy them into logs, audit entries,
 /// block reasons or metadata that leaves the worker.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobContext {
     /// The job's id, as carried in the job message.
     pub job_id: Uuid,
@@ -30,6 +32,31 @@ pub struct JobContext {
     pub text_only: bool,
     /// Scores and other reports that stages attached before inference.
     pub reports: Vec<StageReport>,
+    /// The job's decoded input image, for stages that inspect it before inference (an input
+    /// safety check). `None` for text-only jobs and where the caller did not provide it. Shared,
+    /// not copied, between the worker and the stages; never serialized (it is not part of the
+    /// job message, and a context written to JSON stays small).
+    #[serde(skip)]
+    pub input_image: Option<Arc<RgbImage>>,
+}
+
+impl fmt::Debug for JobContext {
+    // By hand so that the input image shows as its size, not as its pixel buffer.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("job_id", &self.job_id)
+            .field("prompt", &self.prompt)
+            .field("negative_prompt", &self.negative_prompt)
+            .field("params", &self.params)
+            .field("metadata", &self.metadata)
+            .field("text_only", &self.text_only)
+            .field("reports", &self.reports)
+            .field(
+                "input_image",
+                &self.input_image.as_ref().map(|image| image.dimensions()),
+            )
+            .finish()
+    }
 }
 
 impl JobContext {
@@ -127,5 +154,16 @@ mod tests {
         let json = serde_json::to_string(&ctx).expect("serialize");
         let back: JobContext = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, ctx);
+    }
+
+    #[test]
+    fn input_image_is_shared_and_not_serialized() {
+        let mut ctx = JobContext::new(Uuid::nil(), "a lighthouse at dusk");
+        ctx.input_image = Some(Arc::new(RgbImage::new(3, 2)));
+        let json = serde_json::to_string(&ctx).expect("serialize");
+        assert!(!json.contains("input_image"), "{json}");
+        let back: JobContext = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back.input_image, None);
+        assert!(format!("{ctx:?}").contains("input_image: Some((3, 2))"));
     }
 }

@@ -57,9 +57,10 @@ pub struct SafetyCheckerConfig {
     /// Standard deviation of the blur in pixels for `action = "blur"`; by default a twentieth of
     /// the image's longer side (at least 8), which leaves only colour blobs.
     pub blur_sigma: Option<f32>,
-    /// Also check the job's input image before inference. Needs the input image in
-    /// `JobContext`, which the plugin API does not carry yet: building the stage with this set
-    /// fails until it does.
+    /// Also check the job's input image before inference (`JobContext::input_image`). A flagged
+    /// input blocks the job (category `nsfw`) whatever `action` says: inpainting a blacked-out
+    /// or blurred input would only hide the problem. Scores of the input go into the job's
+    /// reports either way.
     pub check_input: bool,
 }
 
@@ -86,13 +87,6 @@ impl SafetyCheckerConfig {
                     .into(),
             ));
         }
-        if self.check_input {
-            return Err(SafetyError::Unsupported(
-                "`check_input` needs the job's input image in the plugin API's JobContext, \
-                 which this version does not carry"
-                    .into(),
-            ));
-        }
         if !self.adjustment.is_finite() || self.blur_sigma.is_some_and(|s| s.is_nan() || s <= 0.0) {
             return Err(SafetyError::Unsupported(
                 "`adjustment` must be finite and `blur_sigma` positive".into(),
@@ -106,11 +100,10 @@ impl SafetyCheckerConfig {
             self.precision.kind(),
         )?
         .with_adjustment(self.adjustment);
-        Ok(SafetyCheckerStage::new(
-            checker,
-            self.action,
-            self.blur_sigma,
-        ))
+        Ok(
+            SafetyCheckerStage::new(checker, self.action, self.blur_sigma)
+                .with_input_check(self.check_input),
+        )
     }
 }
 
@@ -124,6 +117,7 @@ pub struct SafetyCheckerStage {
     checker: Mutex<SafetyChecker>,
     action: NsfwAction,
     blur_sigma: Option<f32>,
+    check_input: bool,
 }
 
 /// The scores of one result as a report: `concept.NN`, `special.N`, `nsfw`, `special_care`.
@@ -157,6 +151,16 @@ fn rule_ids(result: &SafetyResult) -> Vec<String> {
         .collect()
 }
 
+/// Flagged concept indices, comma-separated (`3,11`; empty when none).
+fn flagged_list(result: &SafetyResult) -> String {
+    result
+        .flagged_concepts
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A strong Gaussian blur; `sigma` defaults to a twentieth of the longer side, at least 8.
 pub fn strong_blur(image: &RgbImage, sigma: Option<f32>) -> RgbImage {
     let longer = image.width().max(image.height()) as f32;
@@ -174,7 +178,53 @@ impl SafetyCheckerStage {
             checker: Mutex::new(checker),
             action,
             blur_sigma,
+            check_input: false,
         }
+    }
+
+    /// The same stage, also checking the job's input image before inference (see
+    /// [`SafetyCheckerConfig::check_input`]).
+    pub fn with_input_check(mut self, check_input: bool) -> Self {
+        self.check_input = check_input;
+        self
+    }
+
+    /// The verdict on a job's input image: scores and metadata (`safety_checker.input_nsfw`,
+    /// `safety_checker.input_flagged_concepts`) on the context, or a block when it is flagged.
+    pub fn input_verdict(result: &SafetyResult) -> Verdict {
+        let scores = report_scores(result);
+        let flagged = flagged_list(result);
+        if result.nsfw {
+            tracing::warn!(
+                flagged = %flagged,
+                special_care = result.special_care,
+                "safety checker flagged the input image; job blocked"
+            );
+            return Verdict::Block(Block {
+                category: "nsfw".into(),
+                reason: format!(
+                    "the safety checker flagged concept(s) {flagged} in the input image{}",
+                    if result.special_care {
+                        " (special care)"
+                    } else {
+                        ""
+                    }
+                ),
+                scores,
+                rules: rule_ids(result),
+            });
+        }
+        Verdict::Modify(vec![
+            Modification::new(Change::AddScores(scores)),
+            Modification::new(Change::AddMetadata {
+                key: "safety_checker.input_nsfw".into(),
+                value: "false".into(),
+            }),
+            Modification::new(Change::AddMetadata {
+                key: "safety_checker.input_flagged_concepts".into(),
+                value: flagged,
+            }),
+        ])
     }
 
     /// Runs the checker on a batch of images (all outputs of a job at once).
@@ -191,12 +241,7 @@ impl SafetyCheckerStage {
     /// The verdict for one image and its result.
     pub fn verdict(&self, image: &RgbImage, result: &SafetyResult) -> Verdict {
         let scores = report_scores(result);
-        let flagged = result
-            .flagged_concepts
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let flagged = flagged_list(result);
         if result.nsfw {
             tracing::warn!(
                 flagged = %flagged,
@@ -252,6 +297,24 @@ impl Stage for SafetyCheckerStage {
         Self::NAME
     }
 
+    fn before_inference(&self, ctx: &JobContext) -> Result<Verdict, StageError> {
+        if !self.check_input || ctx.text_only {
+            return Ok(Verdict::Continue);
+        }
+        // Fail closed: a job with an input image that the caller did not hand over is not
+        // checked by silently passing it.
+        let input = ctx.input_image.as_deref().ok_or_else(|| {
+            StageError::Contract(
+                "check_input is set but the job context carries no input image".into(),
+            )
+        })?;
+        let results = self.check(std::slice::from_ref(input))?;
+        let result = results
+            .first()
+            .ok_or_else(|| StageError::Failed("safety checker returned no result".into()))?;
+        Ok(Self::input_verdict(result))
+    }
+
     fn after_output(&self, _ctx: &JobContext, image: &OutputImage) -> Result<Verdict, StageError> {
         let results = self.check(std::slice::from_ref(&image.image))?;
         let result = results
@@ -289,13 +352,6 @@ mod tests {
             .build()
             .expect_err("no model");
         assert!(err.to_string().contains("`model`"), "{err}");
-        let config = SafetyCheckerConfig {
-            model: "/m".into(),
-            check_input: true,
-            ..SafetyCheckerConfig::default()
-        };
-        let err = config.build().expect_err("input check");
-        assert!(err.to_string().contains("check_input"), "{err}");
     }
 
     #[test]

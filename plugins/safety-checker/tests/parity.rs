@@ -357,3 +357,68 @@ fn resize_matches_pillow_bit_for_bit() {
         cases.len()
     );
 }
+
+#[test]
+fn input_check_blocks_flagged_inputs_before_inference() {
+    let expected = expected();
+    let config = SafetyCheckerConfig {
+        model: fixtures().join("checker-a"),
+        device: DeviceSpec::Cpu,
+        // The action applies to outputs; a flagged input blocks whatever it says.
+        action: NsfwAction::BlackOut,
+        check_input: true,
+        ..SafetyCheckerConfig::default()
+    };
+    let chain = Chain::new(vec![Box::new(config.build().expect("build stage"))]);
+    let (mut blocked, mut passed) = (0, 0);
+    for (name, image) in images(&expected) {
+        let flagged = expected["checkers"]["checker-a"]["images"][&name]["has_nsfw"] == true;
+        let ctx = JobContext {
+            input_image: Some(std::sync::Arc::new(image)),
+            ..JobContext::default()
+        };
+        let outcome = chain.before_inference(ctx).expect("runs");
+        assert_eq!(outcome.is_blocked(), flagged, "{name}");
+        if let Some(record) = &outcome.block {
+            blocked += 1;
+            assert_eq!(record.block.category, "nsfw");
+            assert!(record.block.reason.contains("input image"), "{name}");
+            assert_eq!(record.block.scores.get("nsfw"), Some(&1.0));
+        } else {
+            passed += 1;
+            assert_eq!(outcome.context.reports.len(), 1, "{name}");
+            assert_eq!(outcome.context.reports[0].scores.len(), 17 + 3 + 2);
+            assert_eq!(
+                outcome
+                    .context
+                    .metadata
+                    .get("safety_checker.input_nsfw")
+                    .map(String::as_str),
+                Some("false")
+            );
+        }
+    }
+    assert!(blocked > 0 && passed > 0, "fixture should mix verdicts");
+
+    // Text-only jobs have nothing to check; a job whose image was not handed over fails closed.
+    let text_only = JobContext {
+        text_only: true,
+        ..JobContext::default()
+    };
+    assert!(
+        !chain
+            .before_inference(text_only)
+            .expect("runs")
+            .is_blocked()
+    );
+    let err = chain
+        .before_inference(JobContext::default())
+        .expect_err("missing input image");
+    assert!(err.to_string().contains("no input image"), "{err}");
+
+    // Without `check_input` the stage does not look at the input.
+    let outcome = stage(NsfwAction::Block)
+        .before_inference(JobContext::default())
+        .expect("runs");
+    assert!(!outcome.is_blocked() && outcome.context.reports.is_empty());
+}

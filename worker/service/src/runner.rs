@@ -821,6 +821,8 @@ async fn execute(
         metadata: job.metadata.clone(),
         text_only: job.is_text_only(),
         reports: Vec::new(),
+        // A copy: the engine request takes the image by value.
+        input_image: image.clone().map(Arc::new),
     };
     let before = tokio::task::spawn_blocking(move || chain.before_inference(context))
         .instrument(tracing::info_span!("plugins", hook = "before-inference"))
