@@ -4,9 +4,11 @@
 //! Semantics:
 //! - **Before inference** every stage sees the context as changed by the stages before it. The
 //!   first [`Verdict::Block`] stops the chain; later stages are not called.
-//! - **After output** each image goes through all stages in order; a block withholds that image
-//!   (it is not returned) and the remaining stages are skipped for it; other images go on. The
-//!   worker decides what a job with withheld images reports.
+//! - **After output** each stage is called once per job ([`Stage::after_outputs`]) with all
+//!   images still in play, so a model-based stage can run one batch; every image goes through
+//!   all stages in order. A block withholds that image (it is not returned) and the remaining
+//!   stages do not see it; other images go on. The worker decides what a job with withheld
+//!   images reports.
 //! - **Fail closed.** A stage error (or panic, or a modification its hook may not make) stops
 //!   everything and is returned as a [`ChainError`]; nothing of that job proceeds.
 //! - **Audit.** Every applied modification and every block becomes an [`AuditEntry`] naming the
@@ -178,66 +180,84 @@ impl Chain {
         })
     }
 
-    /// Runs every stage's [`Stage::after_output`] on each image, in order.
+    /// Runs every stage's [`Stage::after_outputs`] once on the job's images, in chain order.
+    ///
+    /// Each stage sees the images that no earlier stage withheld, as earlier stages changed
+    /// them, in index order. Audit entries come stage by stage, within a stage image by image.
     pub fn after_output(
         &self,
         ctx: &JobContext,
         images: Vec<OutputImage>,
     ) -> Result<OutputOutcome, ChainError> {
-        let mut outcome = OutputOutcome {
-            images: Vec::with_capacity(images.len()),
-            audit: Vec::new(),
-            blocks: Vec::new(),
-        };
-        'images: for mut image in images {
-            let index = image.index;
-            for stage in &self.stages {
-                let name = stage.name();
-                let _span = tracing::debug_span!(
-                    "stage",
-                    stage = name,
-                    hook = "after-output",
-                    image = index
-                )
-                .entered();
-                let fail = |source| ChainError {
+        let mut live = images;
+        let mut audit = Vec::new();
+        let mut blocks = Vec::new();
+        for stage in &self.stages {
+            if live.is_empty() {
+                break;
+            }
+            let name = stage.name();
+            let _span = tracing::debug_span!(
+                "stage",
+                stage = name,
+                hook = "after-output",
+                images = live.len()
+            )
+            .entered();
+            let fail = |error: StageError| {
+                let (image_index, source) = error.split_image();
+                ChainError {
                     stage: name.to_owned(),
                     hook: Hook::AfterOutput,
-                    image_index: Some(index),
+                    image_index,
                     source,
-                };
-                let verdict = guarded(|| stage.after_output(ctx, &image)).map_err(fail)?;
+                }
+            };
+            let verdicts = guarded(|| stage.after_outputs(ctx, &live)).map_err(fail)?;
+            if verdicts.len() != live.len() {
+                return Err(fail(StageError::Contract(format!(
+                    "{} verdict(s) for {} image(s)",
+                    verdicts.len(),
+                    live.len()
+                ))));
+            }
+            let mut kept = Vec::with_capacity(live.len());
+            for (mut image, verdict) in live.into_iter().zip(verdicts) {
+                let index = image.index;
                 match verdict {
-                    Verdict::Continue => {}
+                    Verdict::Continue => kept.push(image),
                     Verdict::Modify(mods) => {
-                        check_allowed(&mods, Hook::AfterOutput).map_err(fail)?;
+                        check_allowed(&mods, Hook::AfterOutput)
+                            .map_err(|e| fail(e.at_image(index)))?;
                         for m in mods {
-                            let entry = modified_entry(name, Hook::AfterOutput, Some(index), &m);
-                            outcome.audit.push(entry);
+                            audit.push(modified_entry(name, Hook::AfterOutput, Some(index), &m));
                             apply_to_image(&mut image, name, m.change);
                         }
+                        kept.push(image);
                     }
                     Verdict::Block(block) => {
-                        let entry = blocked_entry(name, Hook::AfterOutput, Some(index), &block);
-                        outcome.audit.push(entry);
-                        outcome.blocks.push(BlockRecord {
+                        audit.push(blocked_entry(name, Hook::AfterOutput, Some(index), &block));
+                        blocks.push(BlockRecord {
                             stage: name.to_owned(),
                             hook: Hook::AfterOutput,
                             image_index: Some(index),
                             block,
                         });
-                        continue 'images;
                     }
                 }
             }
-            outcome.images.push(image);
+            live = kept;
         }
-        Ok(outcome)
+        Ok(OutputOutcome {
+            images: live,
+            audit,
+            blocks,
+        })
     }
 }
 
 /// Calls a stage hook, turning a panic into [`StageError::Panicked`].
-fn guarded(call: impl FnOnce() -> Result<Verdict, StageError>) -> Result<Verdict, StageError> {
+fn guarded<T>(call: impl FnOnce() -> Result<T, StageError>) -> Result<T, StageError> {
     match catch_unwind(AssertUnwindSafe(call)) {
         Ok(result) => result,
         Err(payload) => {
@@ -625,6 +645,97 @@ mod tests {
         let err = chain.after_output(&ctx(), images(2)).expect_err("timeout");
         assert_eq!(err.image_index, Some(1));
         assert!(err.is_retryable());
+    }
+
+    /// A stage with its own batched hook that records the batch sizes it was called with.
+    struct Batched {
+        batches: std::sync::Arc<std::sync::Mutex<Vec<Vec<u32>>>>,
+    }
+
+    impl Stage for Batched {
+        fn name(&self) -> &str {
+            "batched"
+        }
+        fn after_output(&self, _: &JobContext, _: &OutputImage) -> Result<Verdict, StageError> {
+            panic!("the chain must call after_outputs, not after_output")
+        }
+        fn after_outputs(
+            &self,
+            _: &JobContext,
+            images: &[OutputImage],
+        ) -> Result<Vec<Verdict>, StageError> {
+            let indices = images.iter().map(|i| i.index).collect();
+            self.batches.lock().expect("lock").push(indices);
+            Ok(images
+                .iter()
+                .map(|i| {
+                    Verdict::Modify(vec![Modification::new(Change::AddMetadata {
+                        key: "batch".into(),
+                        value: format!("{}/{}", i.index, images.len()),
+                    })])
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn batched_hook_is_called_once_per_job_without_withheld_images() {
+        let batches = std::sync::Arc::default();
+        let batched = || {
+            Box::new(Batched {
+                batches: std::sync::Arc::clone(&batches),
+            })
+        };
+        let chain = Chain::new(vec![
+            Fixed::boxed("gate", cont, |image| {
+                Ok(if image.index == 1 {
+                    Verdict::Block(Block::new("nsfw", "flagged"))
+                } else {
+                    Verdict::Continue
+                })
+            }),
+            batched(),
+        ]);
+        let out = chain.after_output(&ctx(), images(4)).expect("chain");
+        assert_eq!(*batches.lock().expect("lock"), vec![vec![0, 2, 3]]);
+        let marks: Vec<Option<&str>> = out
+            .images
+            .iter()
+            .map(|i| i.metadata_value("batch"))
+            .collect();
+        assert_eq!(marks, vec![Some("0/3"), Some("2/3"), Some("3/3")]);
+        assert_eq!(out.blocks.len(), 1);
+        assert_eq!(out.audit.len(), 4);
+
+        // Every image withheld: later stages are not called at all.
+        let chain = Chain::new(vec![
+            Fixed::boxed("gate", cont, |_| Ok(Verdict::Block(Block::new("c", "r")))),
+            batched(),
+        ]);
+        let out = chain.after_output(&ctx(), images(2)).expect("chain");
+        assert!(out.images.is_empty());
+        assert_eq!(batches.lock().expect("lock").len(), 1);
+    }
+
+    #[test]
+    fn a_batch_with_the_wrong_number_of_verdicts_breaks_the_contract() {
+        struct Short;
+        impl Stage for Short {
+            fn name(&self) -> &str {
+                "short"
+            }
+            fn after_outputs(
+                &self,
+                _: &JobContext,
+                _: &[OutputImage],
+            ) -> Result<Vec<Verdict>, StageError> {
+                Ok(vec![Verdict::Continue])
+            }
+        }
+        let chain = Chain::new(vec![Box::new(Short)]);
+        let err = chain.after_output(&ctx(), images(2)).expect_err("short");
+        assert!(matches!(err.source, StageError::Contract(_)));
+        assert_eq!(err.image_index, None);
     }
 
     #[test]

@@ -43,12 +43,45 @@ pub enum StageError {
     /// The stage panicked; the chain caught it.
     #[error("stage panicked: {0}")]
     Panicked(String),
+    /// The stage failed on one image of a batch ([`Stage::after_outputs`](crate::Stage::after_outputs)).
+    /// The chain unwraps it: `index` becomes [`ChainError::image_index`], `source` its source.
+    #[error("image {index}: {source}")]
+    Image {
+        /// [`OutputImage::index`](crate::OutputImage::index) of the image.
+        index: u32,
+        /// What went wrong with it.
+        #[source]
+        source: Box<StageError>,
+    },
 }
 
 impl StageError {
     /// Whether requeueing the job may succeed: true only for transient conditions.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StageError::Unavailable(_) | StageError::Timeout(_))
+        match self {
+            StageError::Unavailable(_) | StageError::Timeout(_) => true,
+            StageError::Image { source, .. } => source.is_retryable(),
+            _ => false,
+        }
+    }
+
+    /// This error, attributed to the output image `index` (unchanged if it already names one).
+    pub fn at_image(self, index: u32) -> Self {
+        match self {
+            StageError::Image { .. } => self,
+            other => StageError::Image {
+                index,
+                source: Box::new(other),
+            },
+        }
+    }
+
+    /// The image this error names, if any, and the error without that attribution.
+    pub fn split_image(self) -> (Option<u32>, StageError) {
+        match self {
+            StageError::Image { index, source } => (Some(index), *source),
+            other => (None, other),
+        }
     }
 }
 
@@ -104,6 +137,11 @@ mod tests {
         assert!(!StageError::Failed("bad".into()).is_retryable());
         assert!(!StageError::Contract("x".into()).is_retryable());
         assert!(!StageError::Panicked("x".into()).is_retryable());
+        let at = StageError::Timeout(Duration::from_secs(1)).at_image(3);
+        assert!(at.is_retryable());
+        let (index, inner) = at.at_image(5).split_image();
+        assert_eq!(index, Some(3));
+        assert!(matches!(inner, StageError::Timeout(_)));
         assert!(
             !StageError::Config {
                 stage: "s".into(),

@@ -52,10 +52,33 @@ pub trait Stage: Send + Sync {
         Ok(Verdict::Continue)
     }
 
-    /// Called once per output image, after compositing, in chain order.
+    /// Called once per output image, after compositing, in chain order (through the default
+    /// [`Stage::after_outputs`]).
     fn after_output(&self, ctx: &JobContext, image: &OutputImage) -> Result<Verdict, StageError> {
         let _ = (ctx, image);
         Ok(Verdict::Continue)
+    }
+
+    /// Called once per job with every output image that earlier stages did not withhold, in
+    /// index order; returns one verdict per image, in the same order. This is what the
+    /// [`Chain`](crate::Chain) calls.
+    ///
+    /// The default calls [`Stage::after_output`] per image and stops at the first error, which it
+    /// attributes to that image ([`StageError::at_image`]). Override it where a batch is cheaper
+    /// than single images (a model that runs the whole batch at once); an override should also
+    /// attribute per-image errors with [`StageError::at_image`].
+    fn after_outputs(
+        &self,
+        ctx: &JobContext,
+        images: &[OutputImage],
+    ) -> Result<Vec<Verdict>, StageError> {
+        images
+            .iter()
+            .map(|image| {
+                self.after_output(ctx, image)
+                    .map_err(|e| e.at_image(image.index))
+            })
+            .collect()
     }
 }
 
@@ -77,6 +100,14 @@ mod tests {
         let out = OutputImage::new(0, 0, image::RgbImage::new(1, 1));
         assert_eq!(Noop.before_inference(&ctx).ok(), Some(Verdict::Continue));
         assert_eq!(Noop.after_output(&ctx, &out).ok(), Some(Verdict::Continue));
+        let outs = [
+            out.clone(),
+            OutputImage::new(1, 0, image::RgbImage::new(1, 1)),
+        ];
+        assert_eq!(
+            Noop.after_outputs(&ctx, &outs).ok(),
+            Some(vec![Verdict::Continue, Verdict::Continue])
+        );
         assert_eq!(Hook::AfterOutput.to_string(), "after-output");
     }
 }

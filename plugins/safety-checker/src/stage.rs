@@ -322,6 +322,31 @@ impl Stage for SafetyCheckerStage {
             .ok_or_else(|| StageError::Failed("safety checker returned no result".into()))?;
         Ok(self.verdict(&image.image, result))
     }
+
+    /// One batched [`SafetyCheckerStage::check`] for all images of the job.
+    fn after_outputs(
+        &self,
+        _ctx: &JobContext,
+        images: &[OutputImage],
+    ) -> Result<Vec<Verdict>, StageError> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pixels: Vec<RgbImage> = images.iter().map(|o| o.image.clone()).collect();
+        let results = self.check(&pixels)?;
+        if results.len() != images.len() {
+            return Err(StageError::Failed(format!(
+                "safety checker returned {} result(s) for {} image(s)",
+                results.len(),
+                images.len()
+            )));
+        }
+        Ok(images
+            .iter()
+            .zip(&results)
+            .map(|(image, result)| self.verdict(&image.image, result))
+            .collect())
+    }
 }
 
 #[cfg(test)]
