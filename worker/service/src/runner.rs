@@ -15,7 +15,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use inpaint_job::{
     BlockInfo, ErrorCode, InpaintJob, InpaintResult, JobId, JobStatus, ModelInfo, OutputImage,
-    ProgressEvent, WorkerInfo,
+    ProgressEvent, SafetyReport, WatermarkInfo, WorkerInfo,
 };
 use inpaint_plugin_api::{BlockRecord, Chain, JobContext};
 use inpaint_queue::lapin::message::Delivery;
@@ -658,6 +658,69 @@ fn stage_ms(timings: &mut BTreeMap<String, u64>, metrics: &Metrics, stage: &str,
     metrics.observe_stage(stage, elapsed.as_secs_f64());
 }
 
+/// Name of the safety-checker stage (`inpaint_safety_checker::SafetyCheckerStage::NAME`), whose
+/// reports carry the scores.
+const SAFETY_STAGE: &str = "safety-checker";
+
+/// The safety checker's verdict on one output, from what its stage recorded: metadata
+/// `safety_checker.nsfw` and `safety_checker.flagged_concepts` (indices `3,11`), and the report
+/// with scores `concept.NN`, `special.N` (kept as named) plus the 0/1 flags `nsfw` and
+/// `special_care` (left out: `nsfw` has its own field). Flagged concepts are named like their
+/// score keys (`concept.03`). `None` when no safety checker ran on the image.
+fn safety_of(out: &inpaint_plugin_api::OutputImage) -> Option<SafetyReport> {
+    let nsfw = out.metadata_value("safety_checker.nsfw")? == "true";
+    let concept_scores = out
+        .reports
+        .iter()
+        .rev()
+        .find(|report| report.stage == SAFETY_STAGE)
+        .map(|report| {
+            report
+                .scores
+                .iter()
+                .filter(|(key, _)| key.starts_with("concept.") || key.starts_with("special."))
+                .map(|(key, score)| (key.clone(), f64::from(*score)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let flagged_concepts = out
+        .metadata_value("safety_checker.flagged_concepts")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|index| !index.is_empty())
+        .map(|index| match index.parse::<usize>() {
+            Ok(i) => format!("concept.{i:02}"),
+            Err(_) => index.to_owned(),
+        })
+        .collect();
+    Some(SafetyReport {
+        nsfw,
+        concept_scores,
+        flagged_concepts,
+    })
+}
+
+/// The watermark embedded in one output, from the watermark stage's metadata
+/// (`watermark.payload` hex, `watermark.method`). `None` when no watermark stage ran or when it
+/// left the image unmarked (`watermark.status = skipped`, images too small to carry it).
+fn watermark_of(out: &inpaint_plugin_api::OutputImage) -> Option<WatermarkInfo> {
+    if out
+        .metadata_value("watermark.status")
+        .is_some_and(|status| status != "embedded")
+    {
+        return None;
+    }
+    let payload = out.metadata_value("watermark.payload")?;
+    Some(WatermarkInfo {
+        payload_hex: payload.to_ascii_lowercase(),
+        method: out
+            .metadata_value("watermark.method")
+            .unwrap_or(inpaint_watermark::WatermarkStage::METHOD)
+            .to_owned(),
+    })
+}
+
 fn block_info(record: &BlockRecord) -> BlockInfo {
     BlockInfo {
         stage: record.stage.clone(),
@@ -940,15 +1003,8 @@ async fn execute(
             let index = out.index;
             let uri = job.output_key(index).map_err(|e| JobFailure::from(&e))?;
             let (w, h) = out.image.dimensions();
-            let watermark =
-                out.metadata_value("watermark.payload")
-                    .map(|payload| inpaint_job::WatermarkInfo {
-                        payload_hex: payload.to_owned(),
-                        method: out
-                            .metadata_value("watermark.method")
-                            .unwrap_or("dwtDct")
-                            .to_owned(),
-                    });
+            let safety = safety_of(&out);
+            let watermark = watermark_of(&out);
             let image = out.image;
             let bytes = tokio::task::spawn_blocking(move || images::encode(&image, format))
                 .await
@@ -973,7 +1029,7 @@ async fn execute(
                 width: w,
                 height: h,
                 content_type: format.content_type().into(),
-                safety: None,
+                safety,
                 watermark,
             })
         }
@@ -1106,6 +1162,85 @@ mod tests {
         let prefixes = vec!["tenants/".to_owned()];
         assert!(allowed("in", "tenants/1/a.png", &buckets, &prefixes));
         assert!(!allowed("in", "other/a.png", &buckets, &prefixes));
+    }
+
+    fn output_with(metadata: &[(&str, &str)], scores: &[(&str, f32)]) -> PluginOutput {
+        let mut out = PluginOutput::new(0, 1, image::RgbImage::new(1, 1));
+        for (key, value) in metadata {
+            let stage = key.split('.').next().unwrap_or_default().replace('_', "-");
+            out.metadata.push(inpaint_plugin_api::MetadataEntry {
+                stage,
+                key: (*key).into(),
+                value: (*value).into(),
+            });
+        }
+        if !scores.is_empty() {
+            out.reports.push(inpaint_plugin_api::StageReport {
+                stage: SAFETY_STAGE.into(),
+                scores: scores.iter().map(|(k, v)| ((*k).into(), *v)).collect(),
+            });
+        }
+        out
+    }
+
+    type PluginOutput = inpaint_plugin_api::OutputImage;
+
+    #[test]
+    fn safety_report_comes_from_the_safety_stage() {
+        assert_eq!(safety_of(&output_with(&[], &[])), None);
+        let out = output_with(
+            &[
+                ("safety_checker.nsfw", "true"),
+                ("safety_checker.flagged_concepts", "3,11"),
+            ],
+            &[
+                ("concept.03", 0.012),
+                ("concept.11", 0.5),
+                ("concept.00", -0.25),
+                ("special.0", -0.1),
+                ("nsfw", 1.0),
+                ("special_care", 0.0),
+            ],
+        );
+        let report = safety_of(&out).expect("report");
+        assert!(report.nsfw);
+        assert_eq!(report.flagged_concepts, vec!["concept.03", "concept.11"]);
+        assert_eq!(report.concept_scores.len(), 4);
+        assert_eq!(report.concept_scores.get("concept.00"), Some(&-0.25));
+        assert!(!report.concept_scores.contains_key("nsfw"));
+        let clean = output_with(
+            &[
+                ("safety_checker.nsfw", "false"),
+                ("safety_checker.flagged_concepts", ""),
+            ],
+            &[("concept.00", -0.25)],
+        );
+        let report = safety_of(&clean).expect("report");
+        assert!(!report.nsfw && report.flagged_concepts.is_empty());
+    }
+
+    #[test]
+    fn watermark_info_only_for_embedded_marks() {
+        assert_eq!(watermark_of(&output_with(&[], &[])), None);
+        let marked = output_with(
+            &[
+                ("watermark.method", "dwtDct"),
+                ("watermark.payload", "5B2F"),
+                ("watermark.status", "embedded"),
+            ],
+            &[],
+        );
+        let info = watermark_of(&marked).expect("watermark");
+        assert_eq!(info.payload_hex, "5b2f");
+        assert_eq!(info.method, "dwtDct");
+        let skipped = output_with(
+            &[
+                ("watermark.payload", "5b2f"),
+                ("watermark.status", "skipped"),
+            ],
+            &[],
+        );
+        assert_eq!(watermark_of(&skipped), None);
     }
 
     #[test]
