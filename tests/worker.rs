@@ -4,6 +4,7 @@
 //! and the objects in S3.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -990,5 +991,39 @@ async fn a_prompt_policy_block_writes_nothing_and_is_dead_lettered() {
     world
         .wait_for_count(&world.settings.topology.dead_letter_queue, 1)
         .await;
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn tiny_real_model_results_carry_safety_scores_and_watermark() {
+    let checker = Path::new(env!("CARGO_MANIFEST_DIR")).join("parity/safety/fixtures/checker-a");
+    let stages: Vec<inpaint_stages::StageConfig> = serde_json::from_value(serde_json::json!([
+        {"type": "safety-checker", "model": checker, "device": "cpu", "action": "black_out"},
+        {"type": "watermark", "small_images": "skip"},
+    ]))
+    .expect("stage configs");
+    let mut world = World::with(|s| {
+        s.engine.backend = EngineBackend::Tch;
+        s.engine.device = inpaint_engine::DeviceSpec::Cpu;
+        s.chain.stages = stages;
+    })
+    .await;
+    let parts = Parts::build(&world.settings).await.expect("parts");
+    let worker = Worker::spawn(world.settings.clone(), parts, Arc::default());
+    let (image, mask) = world.inputs().await;
+    let mut job = world.job(&image, &mask);
+    job["params"]["width"] = 256.into();
+    job["params"]["height"] = 256.into();
+    world.publish(&job).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    let out = &result.outputs[0];
+    let safety = out.safety.as_ref().expect("safety report");
+    assert_eq!(safety.concept_scores.len(), 17 + 3, "{safety:?}");
+    assert!(safety.concept_scores.contains_key("concept.00"));
+    assert_eq!(safety.nsfw, !safety.flagged_concepts.is_empty());
+    let watermark = out.watermark.as_ref().expect("watermark");
+    assert_eq!(watermark.method, "dwtDct");
+    assert!(!watermark.payload_hex.is_empty());
     worker.shutdown().await;
 }
