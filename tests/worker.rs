@@ -330,7 +330,13 @@ async fn happy_path_writes_outputs_then_publishes_then_acks() {
         result.metadata.get("tenant").map(String::as_str),
         Some("42")
     );
-    assert!(result.metadata.contains_key("x-inpaint-unsafe-chain"));
+    // The job's metadata comes back untouched; the chain override (these tests run without the
+    // safety checker and watermark) is reported by the worker section.
+    assert_eq!(result.metadata.len(), 1, "{:?}", result.metadata);
+    assert_eq!(
+        result.worker.missing_required_stages,
+        ["safety-checker", "watermark"]
+    );
     for (i, output) in result.outputs.iter().enumerate() {
         assert_eq!(output.index, i as u32);
         assert_eq!((output.width, output.height), (96, 64));

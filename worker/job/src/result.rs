@@ -293,6 +293,12 @@ pub struct WorkerInfo {
 
     /// The host (or pod) name the worker ran on.
     pub host: String,
+
+    /// Required stages (`safety-checker`, `watermark`) the worker's chain lacked because its
+    /// operator set `chain.allow_unsafe_chain`: the OpenRAIL-M fail-closed override, reported in
+    /// every result it affects. Absent or empty normally.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_required_stages: Vec<String>,
 }
 
 impl InpaintResult {
@@ -361,6 +367,7 @@ mod tests {
         WorkerInfo {
             version: "0.1.0".into(),
             host: "test".into(),
+            missing_required_stages: vec![],
         }
     }
 
@@ -412,6 +419,20 @@ mod tests {
     }
 
     #[test]
+    fn the_unsafe_chain_override_is_reported_by_the_worker_section() {
+        let mut w = worker();
+        w.missing_required_stages = vec!["safety-checker".into()];
+        let r = InpaintResult::new(None, JobStatus::Failed, model(), w, at());
+        let json = String::from_utf8(r.to_json().expect("serialize")).expect("utf8");
+        assert!(
+            json.contains("\"missing_required_stages\":[\"safety-checker\"]"),
+            "{json}"
+        );
+        let back = InpaintResult::from_json(json.as_bytes()).expect("parse");
+        assert_eq!(back.worker.missing_required_stages, ["safety-checker"]);
+    }
+
+    #[test]
     fn round_trips_and_omits_empty_optionals() {
         let mut r = InpaintResult::new(
             Some(JobId::new_random()),
@@ -434,6 +455,7 @@ mod tests {
         let json = String::from_utf8(r.to_json().expect("serialize")).expect("utf8");
         assert!(!json.contains("\"error\""), "{json}");
         assert!(!json.contains("null"), "{json}");
+        assert!(!json.contains("missing_required_stages"), "{json}");
         assert!(
             json.contains("\"finished_at\":\"2030-01-01T00:00:00Z\""),
             "{json}"

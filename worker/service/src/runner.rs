@@ -42,8 +42,6 @@ use crate::topology::{self, ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, ERROR_HEADER}
 
 /// The licence written into every output's metadata.
 pub const LICENCE: &str = "CreativeML OpenRAIL-M";
-/// Result metadata key listing the required stages missing under `allow_unsafe_chain`.
-pub const UNSAFE_CHAIN_KEY: &str = "x-inpaint-unsafe-chain";
 /// Header on result messages with the same list.
 pub const UNSAFE_CHAIN_HEADER: &str = "x-inpaint-unsafe-chain";
 /// Name of the per-job manifest written next to the outputs (the stored result, for
@@ -458,12 +456,9 @@ fn base_result(
         Utc::now(),
     );
     result.attempt = attempt;
+    // The job's metadata goes back untouched; the override is reported by the worker section.
     result.metadata = metadata;
-    if !shared.unsafe_chain.is_empty() {
-        result
-            .metadata
-            .insert(UNSAFE_CHAIN_KEY.into(), shared.unsafe_chain.join(","));
-    }
+    result.worker.missing_required_stages = shared.unsafe_chain.clone();
     result
 }
 
@@ -1129,6 +1124,7 @@ fn worker_info() -> WorkerInfo {
     WorkerInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         host,
+        missing_required_stages: vec![],
     }
 }
 

@@ -150,7 +150,7 @@ pub struct ChainConfig {
     /// The stages, run in this order (`[[chain.stages]]` tables tagged by `type`).
     pub stages: Vec<StageConfig>,
     /// Run without the required stages. Logged at warn on every start and reported in every
-    /// result's metadata (`worker.unsafe_chain`). You take on OpenRAIL-M paragraph 5 yourself.
+    /// result (`worker.missing_required_stages`). You take on OpenRAIL-M paragraph 5 yourself.
     pub allow_unsafe_chain: bool,
 }
 
