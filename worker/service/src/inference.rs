@@ -428,8 +428,20 @@ fn serve(mut engine: Box<dyn Inference>, work: std::sync::mpsc::Receiver<Work>) 
             }
         };
         let result = catch_unwind(AssertUnwindSafe(|| engine.run(&request, &mut on_step)))
-            .unwrap_or_else(|panic| Err(InferenceError::Panicked(panic_message(&panic))));
+            .unwrap_or_else(|panic| Err(panic_failure(&panic)));
         let _ = reply.send(result);
+    }
+}
+
+/// A panic on the inference thread as a job error. libtorch reports a CUDA allocation failure
+/// through tch's infallible ops as a panic whose message says "out of memory": that one is
+/// transient (another attempt, or another worker, may fit), every other panic is not.
+fn panic_failure(panic: &Box<dyn std::any::Any + Send>) -> InferenceError {
+    let message = panic_message(panic);
+    if message.to_ascii_lowercase().contains("out of memory") {
+        InferenceError::OutOfMemory(message)
+    } else {
+        InferenceError::Panicked(message)
     }
 }
 
@@ -444,6 +456,19 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_out_of_memory_panic_is_transient_and_other_panics_are_not() {
+        let oom =
+            catch_unwind(|| panic!("Torch(\"CUDA out of memory. Tried to allocate 2.00 GiB\")"))
+                .expect_err("panics");
+        assert!(matches!(
+            panic_failure(&oom),
+            InferenceError::OutOfMemory(_)
+        ));
+        let bug = catch_unwind(|| panic!("index out of bounds")).expect_err("panics");
+        assert!(matches!(panic_failure(&bug), InferenceError::Panicked(_)));
+    }
 
     struct Panicky;
     impl Inference for Panicky {
