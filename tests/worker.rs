@@ -1033,3 +1033,48 @@ async fn tiny_real_model_results_carry_safety_scores_and_watermark() {
     assert!(!watermark.payload_hex.is_empty());
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn submit_uploads_local_files_publishes_and_waits_for_the_result() {
+    use inpaint_worker::submit::{SubmitRequest, submit};
+
+    let mut world = World::new().await;
+    let worker = world.start(PassThrough::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 7]));
+    let mask = image::RgbImage::from_fn(64, 48, |x, _| {
+        image::Rgb(if x > 30 { [255; 3] } else { [0; 3] })
+    });
+    std::fs::write(dir.path().join("image.png"), png(&image)).expect("write image");
+    std::fs::write(dir.path().join("mask.png"), png(&mask)).expect("write mask");
+    let request = SubmitRequest {
+        image: Some(dir.path().join("image.png").display().to_string()),
+        mask: Some(dir.path().join("mask.png").display().to_string()),
+        prompt: Some("a kite over the beach".into()),
+        wait: Some(WAIT),
+        ..SubmitRequest::default()
+    };
+    let (job_id, result) = submit(&world.settings, &request).await.expect("submit");
+    let result = result.expect("waited for the result");
+    assert_eq!(result.job_id, Some(job_id));
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    let uploaded =
+        ObjectRef::new(bucket(), format!("uploads/{job_id}/image-image.png")).expect("ref");
+    assert!(
+        world
+            .storage
+            .size_of(&uploaded)
+            .await
+            .expect("head")
+            .is_some(),
+        "image uploaded"
+    );
+    let output = &result.outputs[0].uri;
+    assert!(
+        world.storage.size_of(output).await.expect("head").is_some(),
+        "output written"
+    );
+    // The results exchange got the same result as the reply_to queue.
+    assert_eq!(world.next_result().await.job_id, Some(job_id));
+    worker.shutdown().await;
+}
