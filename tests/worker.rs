@@ -994,6 +994,13 @@ async fn a_prompt_policy_block_writes_nothing_and_is_dead_lettered() {
         None
     );
     assert_eq!(worker.calls.load(Ordering::SeqCst), 0);
+    let exposition = worker.metrics.render();
+    assert!(
+        exposition.contains(
+            "inpaint_plugin_actions_total{action=\"blocked\",category=\"violence_gore\"} 1"
+        ),
+        "{exposition}"
+    );
     world
         .wait_for_count(&world.settings.topology.dead_letter_queue, 1)
         .await;

@@ -67,6 +67,9 @@ pub struct Metrics {
     pub retries: AtomicU64,
     /// Jobs blocked by a plugin stage.
     pub blocks: AtomicU64,
+    /// Plugin-chain audit entries (blocks and modifications such as prompt rewrites), by action
+    /// and category: what OpenRAIL-M enforcement did, without any prompt text.
+    pub plugin_actions: Mutex<BTreeMap<(String, String), u64>>,
     /// Wall time per delivery, from receipt to settlement.
     pub job_seconds: Histogram,
     /// Latency per stage (download, plugins, inference, upload).
@@ -82,6 +85,17 @@ impl Metrics {
             .unwrap_or_else(|| "unknown".into());
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         *jobs.entry(name).or_default() += 1;
+    }
+
+    /// Counts one plugin-chain audit entry (`action`: `blocked` or `modified`).
+    pub fn count_plugin_action(&self, action: &str, category: &str) {
+        let mut actions = self
+            .plugin_actions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *actions
+            .entry((action.to_owned(), category.to_owned()))
+            .or_default() += 1;
     }
 
     /// Records a stage's latency.
@@ -115,6 +129,18 @@ impl Metrics {
             "# HELP inpaint_blocks_total Jobs blocked by a plugin stage.\n# TYPE inpaint_blocks_total counter\ninpaint_blocks_total {}",
             self.blocks.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP inpaint_plugin_actions_total Plugin-chain blocks and modifications, by category.\n# TYPE inpaint_plugin_actions_total counter\n");
+        for ((action, category), count) in self
+            .plugin_actions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "inpaint_plugin_actions_total{{action=\"{action}\",category=\"{category}\"}} {count}"
+            );
+        }
         out.push_str("# HELP inpaint_job_seconds Time from delivery to settlement.\n# TYPE inpaint_job_seconds histogram\n");
         self.job_seconds.render(&mut out, "inpaint_job_seconds", "");
         out.push_str("# HELP inpaint_stage_seconds Latency per stage.\n# TYPE inpaint_stage_seconds histogram\n");
@@ -139,7 +165,15 @@ mod tests {
         m.count_status(JobStatus::Succeeded);
         m.count_status(JobStatus::Succeeded);
         m.observe_stage("upload", 0.02);
+        m.count_plugin_action("modified", "violence_gore");
+        m.count_plugin_action("modified", "violence_gore");
         let text = m.render();
+        assert!(
+            text.contains(
+                "inpaint_plugin_actions_total{action=\"modified\",category=\"violence_gore\"} 2"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("inpaint_jobs_total{status=\"succeeded\"} 2"),
             "{text}"

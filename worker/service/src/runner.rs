@@ -647,6 +647,20 @@ fn fallback_seed(job_id: JobId) -> u64 {
     u64::from_le_bytes(first) >> 11
 }
 
+/// Counts and logs every block and modification of the plugin chain: stage and category only,
+/// never the prompt (the job's span adds the job id).
+fn count_audit(metrics: &Metrics, audit: &[inpaint_plugin_api::AuditEntry]) {
+    for entry in audit {
+        let action = match entry.action {
+            inpaint_plugin_api::AuditAction::Blocked => "blocked",
+            inpaint_plugin_api::AuditAction::Modified => "modified",
+        };
+        let category = entry.category.as_deref().unwrap_or("none");
+        metrics.count_plugin_action(action, category);
+        tracing::info!(stage = %entry.stage, action, category, "plugin chain audit");
+    }
+}
+
 fn stage_ms(timings: &mut BTreeMap<String, u64>, metrics: &Metrics, stage: &str, started: Instant) {
     let elapsed = started.elapsed();
     timings.insert(stage.to_owned(), elapsed.as_millis() as u64);
@@ -887,6 +901,7 @@ async fn execute(
         .await
         .map_err(|e| JobFailure::internal(format!("plugin task: {e}")))??;
     stage_ms(timings, metrics, "plugins_before", t);
+    count_audit(metrics, &before.audit);
     if let Some(block) = &before.block {
         return Err(JobFailure::blocked(
             ErrorCode::PolicyBlocked,
@@ -970,6 +985,7 @@ async fn execute(
         .await
         .map_err(|e| JobFailure::internal(format!("plugin task: {e}")))??;
     stage_ms(timings, metrics, "plugins_after", t);
+    count_audit(metrics, &after.audit);
     if let Some(block) = after.blocks.first() {
         return Err(JobFailure::blocked(
             ErrorCode::SafetyBlocked,
