@@ -18,6 +18,7 @@
 
 use inpaint_plugin_api::{Chain, ChainPolicyError, Stage, StageError, check_required_kinds};
 use inpaint_prompt_policy::PromptPolicyConfig;
+use inpaint_provenance::ProvenanceConfig;
 #[cfg(feature = "safety-checker")]
 use inpaint_safety_checker::SafetyCheckerConfig;
 use inpaint_watermark::WatermarkConfig;
@@ -46,6 +47,10 @@ pub enum StageConfig {
     /// Invisible watermark (invisible-watermark `dwtDct`) on each output image. Put it after
     /// every stage that changes pixels and before provenance.
     Watermark(WatermarkConfig),
+    /// Provenance metadata on each output image (AI-generated marker, IPTC digital source
+    /// type, OpenRAIL-M licence, job id, seed, parameters; the prompt only on request). Put it
+    /// last, after the watermark.
+    Provenance(ProvenanceConfig),
 }
 
 impl StageConfig {
@@ -56,6 +61,7 @@ impl StageConfig {
             #[cfg(feature = "safety-checker")]
             StageConfig::SafetyChecker(_) => "safety-checker",
             StageConfig::Watermark(_) => "watermark",
+            StageConfig::Provenance(_) => "provenance",
         }
     }
 
@@ -71,6 +77,9 @@ impl StageConfig {
                 config.build().map_err(|e| build_error(Box::new(e)))?,
             )),
             StageConfig::Watermark(config) => Ok(Box::new(
+                config.build().map_err(|e| build_error(Box::new(e)))?,
+            )),
+            StageConfig::Provenance(config) => Ok(Box::new(
                 config.build().map_err(|e| build_error(Box::new(e)))?,
             )),
             #[cfg(feature = "safety-checker")]
@@ -150,6 +159,7 @@ files = ["local.toml"]
         for config in [
             StageConfig::PromptPolicy(PromptPolicyConfig::default()),
             StageConfig::Watermark(WatermarkConfig::default()),
+            StageConfig::Provenance(ProvenanceConfig::default()),
         ] {
             let json = serde_json::to_value(&config).expect("serialize");
             assert_eq!(json["type"], config.kind_name());
@@ -197,6 +207,40 @@ small_images = "skip"
         assert!(
             err.to_string()
                 .starts_with("cannot build stage `watermark`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn provenance_stage_is_configured_and_built() {
+        let settings: Settings = toml::from_str(
+            r#"
+[[plugins]]
+type = "provenance"
+include_prompt = true
+model_id = "sd-inpainting"
+"#,
+        )
+        .expect("valid settings");
+        let StageConfig::Provenance(config) = &settings.plugins[0] else {
+            panic!("expected a provenance stage");
+        };
+        assert!(config.include_prompt);
+        assert!(config.include_parameters, "default kept");
+        assert_eq!(config.model_id.as_deref(), Some("sd-inpainting"));
+        let chain = build_chain(&settings.plugins).expect("build");
+        assert_eq!(chain.names().collect::<Vec<_>>(), vec!["provenance"]);
+        assert!(
+            toml::from_str::<Settings>("[[plugins]]\ntype = \"provenance\"\nprompt = true\n")
+                .is_err()
+        );
+        let bad: Settings =
+            toml::from_str("[[plugins]]\ntype = \"provenance\"\nweights_sha256 = \"abc\"\n")
+                .expect("parses");
+        let err = build_chain(&bad.plugins).expect_err("short digest");
+        assert!(
+            err.to_string()
+                .starts_with("cannot build stage `provenance`"),
             "{err}"
         );
     }

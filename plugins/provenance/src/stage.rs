@@ -1,0 +1,330 @@
+//! [`ProvenanceConfig`] (plain serde data) and [`ProvenanceStage`], the running stage, plus
+//! [`png_fields`] and [`xmp_for`], which turn a finished image's provenance metadata into what
+//! [`embed_png`](crate::embed_png) writes.
+//!
+//! **Order.** Put the stage last, after the watermark: it describes the final pixels.
+
+use inpaint_plugin_api::{
+    Change, JobContext, Modification, OutputImage, Stage, StageError, Verdict,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProvenanceError;
+use crate::xmp::xmp_packet;
+
+/// IPTC digital source type of an inpainted image: a composite of a capture (the input image)
+/// and trained-model output.
+pub const DIGITAL_SOURCE_TYPE_COMPOSITE: &str =
+    "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia";
+/// IPTC digital source type of an image made from a prompt alone (text-only job).
+pub const DIGITAL_SOURCE_TYPE_TRAINED: &str =
+    "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia";
+/// The model licence every output is subject to.
+pub const LICENCE: &str = "CreativeML OpenRAIL-M";
+/// Where the licence's use restrictions are, recorded next to [`LICENCE`]. Paragraph 5 makes
+/// them bind every user of the model and of its outputs' derivatives.
+pub const LICENCE_RESTRICTIONS: &str = "Use is subject to the use-based restrictions of \
+     paragraph 5 and Attachment A of the CreativeML OpenRAIL-M licence \
+     (https://huggingface.co/spaces/CompVis/stable-diffusion-license)";
+
+/// Configuration of the provenance stage.
+///
+/// ```toml
+/// [[plugins]]
+/// type = "provenance"
+/// include_prompt = false
+/// include_parameters = true
+/// model_id = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+/// weights_sha256 = "…64 hex digits…"
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvenanceConfig {
+    /// Record the prompt (and the negative prompt, if any) as `provenance.prompt` and
+    /// `provenance.negative_prompt`. Default `false`: prompts are user text and this metadata
+    /// leaves the worker, in the job result and in the file; turn it on only where users have
+    /// agreed to publish their prompts.
+    pub include_prompt: bool,
+    /// Record the engine parameters (the job's `params` object: steps, guidance, size,
+    /// scheduler, ...) as compact JSON in `provenance.parameters`. Default `true`.
+    pub include_parameters: bool,
+    /// The model's name to record as `provenance.model_id`, e.g. a Hugging Face repository id.
+    /// Default: not recorded.
+    pub model_id: Option<String>,
+    /// SHA-256 of the weights file (64 hex digits) to record as `provenance.weights_sha256`,
+    /// in lower case. Default: not recorded.
+    pub weights_sha256: Option<String>,
+}
+
+impl Default for ProvenanceConfig {
+    fn default() -> Self {
+        Self {
+            include_prompt: false,
+            include_parameters: true,
+            model_id: None,
+            weights_sha256: None,
+        }
+    }
+}
+
+impl ProvenanceConfig {
+    /// Checks `model_id` and `weights_sha256` and builds the stage.
+    pub fn build(&self) -> Result<ProvenanceStage, ProvenanceError> {
+        if self
+            .model_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return Err(ProvenanceError::EmptyModelId);
+        }
+        let weights_sha256 = match &self.weights_sha256 {
+            Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(hex.to_ascii_lowercase())
+            }
+            Some(other) => return Err(ProvenanceError::BadSha256(other.clone())),
+            None => None,
+        };
+        Ok(ProvenanceStage {
+            include_prompt: self.include_prompt,
+            include_parameters: self.include_parameters,
+            model_id: self.model_id.clone(),
+            weights_sha256,
+        })
+    }
+}
+
+/// The provenance stage: after output, adds to each image the metadata entries (all keys
+/// prefixed `provenance.`):
+///
+/// | key | value |
+/// |---|---|
+/// | `ai_generated` | `true` |
+/// | `digital_source_type` | [`DIGITAL_SOURCE_TYPE_COMPOSITE`], or [`DIGITAL_SOURCE_TYPE_TRAINED`] for text-only jobs |
+/// | `license` | [`LICENCE`] |
+/// | `license_restrictions` | [`LICENCE_RESTRICTIONS`] |
+/// | `job_id` | the job's id |
+/// | `seed` | the image's seed |
+/// | `model_id`, `weights_sha256` | when configured |
+/// | `parameters` | the job's `params` as compact JSON, with `include_parameters` (default) |
+/// | `prompt`, `negative_prompt` | only with `include_prompt` |
+///
+/// It never blocks and never changes pixels.
+#[derive(Debug, Clone)]
+pub struct ProvenanceStage {
+    include_prompt: bool,
+    include_parameters: bool,
+    model_id: Option<String>,
+    weights_sha256: Option<String>,
+}
+
+impl ProvenanceStage {
+    /// The stage's name in logs, audit entries and metadata.
+    pub const NAME: &'static str = "provenance";
+    /// Prefix of every metadata key this stage adds.
+    pub const KEY_PREFIX: &'static str = "provenance.";
+
+    /// The metadata entries for `image` of the job `ctx`, as (key, value), in order.
+    pub fn entries(&self, ctx: &JobContext, image: &OutputImage) -> Vec<(String, String)> {
+        let source = if ctx.text_only {
+            DIGITAL_SOURCE_TYPE_TRAINED
+        } else {
+            DIGITAL_SOURCE_TYPE_COMPOSITE
+        };
+        let mut entries: Vec<(&str, String)> = vec![
+            ("ai_generated", "true".into()),
+            ("digital_source_type", source.into()),
+            ("license", LICENCE.into()),
+            ("license_restrictions", LICENCE_RESTRICTIONS.into()),
+            ("job_id", ctx.job_id.to_string()),
+            ("seed", image.seed.to_string()),
+        ];
+        if let Some(id) = &self.model_id {
+            entries.push(("model_id", id.clone()));
+        }
+        if let Some(sha) = &self.weights_sha256 {
+            entries.push(("weights_sha256", sha.clone()));
+        }
+        if self.include_parameters && !ctx.params.is_null() {
+            entries.push(("parameters", ctx.params.to_string()));
+        }
+        if self.include_prompt {
+            entries.push(("prompt", ctx.prompt.clone()));
+            if let Some(negative) = &ctx.negative_prompt {
+                entries.push(("negative_prompt", negative.clone()));
+            }
+        }
+        entries
+            .into_iter()
+            .map(|(key, value)| (format!("{}{key}", Self::KEY_PREFIX), value))
+            .collect()
+    }
+}
+
+impl Stage for ProvenanceStage {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn after_output(&self, ctx: &JobContext, image: &OutputImage) -> Result<Verdict, StageError> {
+        let mods = self
+            .entries(ctx, image)
+            .into_iter()
+            .map(|(key, value)| Modification::new(Change::AddMetadata { key, value }))
+            .collect();
+        Ok(Verdict::Modify(mods))
+    }
+}
+
+/// The provenance entries of `image` (those [`ProvenanceStage`] added), as PNG text fields for
+/// [`embed_png`](crate::embed_png): keyword = metadata key.
+pub fn png_fields(image: &OutputImage) -> Vec<(String, String)> {
+    image
+        .metadata
+        .iter()
+        .filter(|entry| {
+            entry.stage == ProvenanceStage::NAME
+                && entry.key.starts_with(ProvenanceStage::KEY_PREFIX)
+        })
+        .map(|entry| (entry.key.clone(), entry.value.clone()))
+        .collect()
+}
+
+/// The XMP packet for `image`, from the metadata [`ProvenanceStage`] added; `None` when the
+/// stage did not run on it.
+pub fn xmp_for(image: &OutputImage) -> Option<String> {
+    let value = |key: &str| image.metadata_value(&format!("{}{key}", ProvenanceStage::KEY_PREFIX));
+    let source = value("digital_source_type")?;
+    let job_id = value("job_id").unwrap_or_default();
+    let rights = format!("{LICENCE}. {LICENCE_RESTRICTIONS}.");
+    Some(xmp_packet(job_id, source, &rights))
+}
+
+#[cfg(test)]
+mod tests {
+    use inpaint_plugin_api::{Chain, RgbImage};
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn context(text_only: bool) -> JobContext {
+        let mut ctx = JobContext::new(Uuid::from_u128(42), "a secret prompt");
+        ctx.negative_prompt = Some("a secret negative".into());
+        ctx.params = serde_json::json!({"steps": 30, "guidance_scale": 7.5});
+        ctx.text_only = text_only;
+        ctx
+    }
+
+    fn run(config: &ProvenanceConfig, ctx: &JobContext) -> OutputImage {
+        let stage = config.build().expect("build");
+        let chain = Chain::new(vec![Box::new(stage)]);
+        let outcome = chain
+            .after_output(ctx, vec![OutputImage::new(0, 1234, RgbImage::new(2, 2))])
+            .expect("runs");
+        assert!(outcome.blocks.is_empty());
+        outcome.images.into_iter().next().expect("one image")
+    }
+
+    #[test]
+    fn digital_source_type_follows_text_only() {
+        let config = ProvenanceConfig::default();
+        let inpainted = run(&config, &context(false));
+        assert_eq!(
+            inpainted.metadata_value("provenance.digital_source_type"),
+            Some(DIGITAL_SOURCE_TYPE_COMPOSITE)
+        );
+        let text_only = run(&config, &context(true));
+        assert_eq!(
+            text_only.metadata_value("provenance.digital_source_type"),
+            Some(DIGITAL_SOURCE_TYPE_TRAINED)
+        );
+    }
+
+    #[test]
+    fn default_entries_exclude_the_prompt() {
+        let image = run(&ProvenanceConfig::default(), &context(false));
+        assert!(image.metadata.iter().all(|e| e.stage == "provenance"));
+        let value = |key: &str| image.metadata_value(&format!("provenance.{key}"));
+        assert_eq!(value("ai_generated"), Some("true"));
+        assert_eq!(value("license"), Some(LICENCE));
+        assert!(
+            value("license_restrictions")
+                .is_some_and(|v| v.contains("paragraph 5") && v.contains("Attachment A"))
+        );
+        assert_eq!(
+            value("job_id"),
+            Some(Uuid::from_u128(42).to_string().as_str())
+        );
+        assert_eq!(value("seed"), Some("1234"));
+        let params: serde_json::Value =
+            serde_json::from_str(value("parameters").expect("parameters")).expect("JSON");
+        assert_eq!(params["steps"], 30);
+        assert_eq!(value("prompt"), None);
+        assert_eq!(value("negative_prompt"), None);
+        assert_eq!(value("model_id"), None);
+        assert!(image.metadata.iter().all(|e| !e.value.contains("secret")));
+    }
+
+    #[test]
+    fn optional_entries_follow_the_config() {
+        let sha = "AB".repeat(32);
+        let config = ProvenanceConfig {
+            include_prompt: true,
+            include_parameters: false,
+            model_id: Some("sd-inpainting".into()),
+            weights_sha256: Some(sha.clone()),
+        };
+        let image = run(&config, &context(false));
+        let value = |key: &str| image.metadata_value(&format!("provenance.{key}"));
+        assert_eq!(value("prompt"), Some("a secret prompt"));
+        assert_eq!(value("negative_prompt"), Some("a secret negative"));
+        assert_eq!(value("parameters"), None);
+        assert_eq!(value("model_id"), Some("sd-inpainting"));
+        assert_eq!(value("weights_sha256"), Some(sha.to_lowercase().as_str()));
+    }
+
+    #[test]
+    fn build_validates() {
+        let bad = |config: ProvenanceConfig| config.build().is_err();
+        assert!(bad(ProvenanceConfig {
+            weights_sha256: Some("abc".into()),
+            ..ProvenanceConfig::default()
+        }));
+        assert!(bad(ProvenanceConfig {
+            weights_sha256: Some("g".repeat(64)),
+            ..ProvenanceConfig::default()
+        }));
+        assert!(bad(ProvenanceConfig {
+            model_id: Some(" ".into()),
+            ..ProvenanceConfig::default()
+        }));
+    }
+
+    #[test]
+    fn config_parses_with_defaults_and_refuses_unknown_fields() {
+        let config: ProvenanceConfig = toml::from_str("").expect("empty");
+        assert_eq!(config, ProvenanceConfig::default());
+        assert!(!config.include_prompt);
+        assert!(config.include_parameters);
+        assert!(toml::from_str::<ProvenanceConfig>("include_prompts = true").is_err());
+    }
+
+    #[test]
+    fn fields_and_xmp_come_from_the_metadata() {
+        let image = run(&ProvenanceConfig::default(), &context(true));
+        let fields = png_fields(&image);
+        assert_eq!(fields.len(), image.metadata.len());
+        assert_eq!(fields[0], ("provenance.ai_generated".into(), "true".into()));
+        let xmp = xmp_for(&image).expect("provenance ran");
+        assert!(xmp.contains(DIGITAL_SOURCE_TYPE_TRAINED));
+        assert!(xmp.contains(&Uuid::from_u128(42).to_string()));
+        assert!(xmp.contains("Attachment A"));
+        assert_eq!(xmp_for(&OutputImage::new(0, 0, RgbImage::new(1, 1))), None);
+        // And they embed.
+        let mut png = Vec::new();
+        image
+            .image
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .expect("encode");
+        crate::embed_png(&png, &fields, &xmp).expect("embeds");
+    }
+}
