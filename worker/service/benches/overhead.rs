@@ -602,8 +602,12 @@ async fn breakdown(world: &World, samples: usize) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         decodes.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
-        inpaint_worker::images::encode(&rgb, inpaint_job::OutputFormat::Png {})
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        inpaint_worker::images::encode(
+            &rgb,
+            inpaint_job::OutputFormat::Png {},
+            &Default::default(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         encodes.push(t.elapsed().as_secs_f64() * 1e3);
     }
     println!();

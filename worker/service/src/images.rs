@@ -40,8 +40,35 @@ pub fn decode_rgb(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage,
     Ok(limited.decode().map_err(undecodable)?.to_rgb8())
 }
 
-/// Encodes an output in the job's format.
-pub fn encode(image: &RgbImage, format: OutputFormat) -> Result<Vec<u8>, JobFailure> {
+/// Provenance to write into an output file: text fields and an XMP packet, from the
+/// provenance stage's metadata (empty when the chain has no provenance stage).
+#[derive(Clone, Debug, Default)]
+pub struct Provenance {
+    pub fields: Vec<(String, String)>,
+    pub xmp: Option<String>,
+}
+
+impl Provenance {
+    /// What the provenance stage recorded on `output`.
+    pub fn of(output: &inpaint_plugin_api::OutputImage) -> Self {
+        Self {
+            fields: inpaint_provenance::png_fields(output),
+            xmp: inpaint_provenance::xmp_for(output),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.fields.is_empty() && self.xmp.is_none()
+    }
+}
+
+/// Encodes an output in the job's format. PNG outputs carry the provenance as iTXt chunks and
+/// an XMP packet; JPEG and WebP outputs do not carry it yet.
+pub fn encode(
+    image: &RgbImage,
+    format: OutputFormat,
+    provenance: &Provenance,
+) -> Result<Vec<u8>, JobFailure> {
     let mut out = Vec::new();
     let (w, h) = image.dimensions();
     let result = match format {
@@ -61,6 +88,14 @@ pub fn encode(image: &RgbImage, format: OutputFormat) -> Result<Vec<u8>, JobFail
             .write_image(image.as_raw(), w, h, image::ExtendedColorType::Rgb8),
     };
     result.map_err(|e| JobFailure::internal(format!("encoding the output: {e}")))?;
+    if matches!(format, OutputFormat::Png {}) && !provenance.is_empty() {
+        out = inpaint_provenance::embed_png(
+            &out,
+            &provenance.fields,
+            provenance.xmp.as_deref().unwrap_or_default(),
+        )
+        .map_err(|e| JobFailure::internal(format!("writing provenance into the PNG: {e}")))?;
+    }
     Ok(out)
 }
 
@@ -69,7 +104,12 @@ mod tests {
     use super::*;
 
     fn png(w: u32, h: u32) -> Vec<u8> {
-        encode(&RgbImage::new(w, h), OutputFormat::Png {}).expect("png")
+        encode(
+            &RgbImage::new(w, h),
+            OutputFormat::Png {},
+            &Provenance::default(),
+        )
+        .expect("png")
     }
 
     #[test]
@@ -96,9 +136,24 @@ mod tests {
             OutputFormat::Webp {},
             OutputFormat::Jpeg { quality: 80 },
         ] {
-            let bytes = encode(&image, format).expect("encode");
+            let bytes = encode(&image, format, &Provenance::default()).expect("encode");
             let back = decode_rgb(&bytes, "out", 1 << 20).expect("decode");
             assert_eq!(back.dimensions(), (16, 8), "{format:?}");
         }
+    }
+
+    #[test]
+    fn png_outputs_carry_the_provenance() {
+        let image = RgbImage::from_pixel(16, 8, image::Rgb([10, 200, 30]));
+        let provenance = Provenance {
+            fields: vec![("provenance.ai_generated".into(), "true".into())],
+            xmp: Some("<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"></x:xmpmeta>".into()),
+        };
+        let bytes = encode(&image, OutputFormat::Png {}, &provenance).expect("encode");
+        let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(b"iTXtprovenance.ai_generated"));
+        assert!(contains(b"iTXtXML:com.adobe.xmp"));
+        let back = decode_rgb(&bytes, "out", 1 << 20).expect("decode");
+        assert_eq!(back, image, "pixels unchanged");
     }
 }

@@ -1016,10 +1016,12 @@ async fn execute(
             let (w, h) = out.image.dimensions();
             let safety = safety_of(&out);
             let watermark = watermark_of(&out);
+            let provenance = images::Provenance::of(&out);
             let image = out.image;
-            let bytes = tokio::task::spawn_blocking(move || images::encode(&image, format))
-                .await
-                .map_err(|e| JobFailure::internal(format!("encoding task: {e}")))??;
+            let bytes =
+                tokio::task::spawn_blocking(move || images::encode(&image, format, &provenance))
+                    .await
+                    .map_err(|e| JobFailure::internal(format!("encoding task: {e}")))??;
             let sha256 = hex(&Sha256::digest(&bytes));
             let request = PutRequest {
                 content_type: Some(format.content_type().into()),
