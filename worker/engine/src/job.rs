@@ -171,6 +171,10 @@ impl InpaintPipeline {
         } else {
             (image, mask)
         };
+        // One blend mask for the whole batch: every image shares the job's mask.
+        let alpha = spec
+            .preserve_unmasked
+            .then(|| blend_alpha(reference_mask, spec.mask_grow_px, spec.mask_feather_px));
         let images = out
             .images
             .into_iter()
@@ -185,12 +189,9 @@ impl InpaintPipeline {
                         FilterType::Lanczos3,
                     )
                 };
-                if spec.preserve_unmasked {
-                    let alpha =
-                        blend_alpha(reference_mask, spec.mask_grow_px, spec.mask_feather_px);
-                    composite(reference, &generated, &alpha)
-                } else {
-                    generated
+                match &alpha {
+                    Some(alpha) => composite(reference, &generated, alpha),
+                    None => generated,
                 }
             })
             .collect();
