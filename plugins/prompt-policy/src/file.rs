@@ -19,6 +19,11 @@
 //! all_of = ["minor", "sexual"]  # matches when every named set matches somewhere in the prompt
 //!
 //! [[category.rule]]
+//! id = "graphic-gore"
+//! all_of = ["gore_intensifier", "gore"]
+//! window = 3                    # optional: the matches must lie within 3 words (see below)
+//!
+//! [[category.rule]]
 //! id = "ssn"
 //! regex = '\b\d{3} \d{2} \d{4}\b'
 //! ```
@@ -26,6 +31,14 @@
 //! Normalised text is lower-case, with words separated by single spaces and punctuation gone
 //! (see [`crate::normalize`]); write terms naturally (they are normalised the same way) and
 //! regexes against that form.
+//!
+//! **Windows.** Without `window` an `all_of` rule matches when each set matches anywhere in the
+//! prompt. With `window = N` (1 to [`MAX_WINDOW`]) it needs one match of each set such that the
+//! last of them starts at most `N` words after the first of them ends: `1` means next to each
+//! other (`extreme gore`), `2` allows one word between (`extreme, bloody gore`), and so on;
+//! overlapping matches are at distance 0 and order does not matter (`gore, extreme` counts).
+//! Words are the words of the plain normalised prompt ([`crate::normalize::Words`]), so
+//! punctuation never counts and spaced-out letters count as one word.
 //!
 //! Merging: files load in order. A set or category whose name was seen before is **extended**:
 //! terms, regexes, rules and negative terms are appended; `action`, `replacement` and
@@ -38,6 +51,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::PolicyError;
+
+/// The largest co-occurrence window, in words. The text encoder reads 77 tokens, about 50 to 60
+/// words, so a larger window is "anywhere" in all but name: such a value is more likely a typo
+/// than a policy, and leaving `window` out says "anywhere" plainly.
+pub const MAX_WINDOW: u32 = 32;
 
 /// What a category does when it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +127,9 @@ struct RawRule {
     id: Spanned<String>,
     regex: Option<Spanned<String>>,
     all_of: Option<Vec<Spanned<String>>>,
+    // i64, not u32, so that 0, negative and huge values reach our validation and get an error
+    // that names the rule, instead of a bare deserialisation error.
+    window: Option<Spanned<i64>>,
 }
 
 /// Where something was defined.
@@ -135,7 +156,11 @@ pub(crate) struct SetDef {
 #[derive(Debug, Clone)]
 pub(crate) enum RuleKind {
     Regex(String),
-    AllOf(Vec<String>),
+    AllOf {
+        sets: Vec<String>,
+        /// Maximum distance in words between the sets' matches; `None`: anywhere.
+        window: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -260,11 +285,52 @@ impl PolicyDef {
                         format!("rule id `{rule_id}` may only use a-z, 0-9, `_` and `-`"),
                     ));
                 }
-                let kind = match (raw_rule.regex, raw_rule.all_of) {
-                    (Some(regex), None) => RuleKind::Regex(regex.into_inner()),
-                    (None, Some(sets)) if !sets.is_empty() => {
-                        RuleKind::AllOf(sets.into_iter().map(Spanned::into_inner).collect())
+                let window = match raw_rule.window {
+                    None => None,
+                    Some(spanned) => {
+                        let line = line_of(text, spanned.span().start);
+                        let value = spanned.into_inner();
+                        let window = u32::try_from(value)
+                            .ok()
+                            .filter(|w| (1..=MAX_WINDOW).contains(w))
+                            .ok_or_else(|| {
+                                err(
+                                    line,
+                                    format!(
+                                        "rule `{rule_id}`: `window` must be 1 to {MAX_WINDOW} \
+                                         words, got {value} (leave it out to match anywhere in \
+                                         the prompt)"
+                                    ),
+                                )
+                            })?;
+                        Some((window, line))
                     }
+                };
+                let kind = match (raw_rule.regex, raw_rule.all_of) {
+                    (Some(_), None) if window.is_some() => {
+                        let line = window.map_or(rule_at.line, |(_, line)| line);
+                        return Err(err(
+                            line,
+                            format!(
+                                "rule `{rule_id}`: `window` applies to `all_of` rules only \
+                                 (a regex states its own distances)"
+                            ),
+                        ));
+                    }
+                    (Some(regex), None) => RuleKind::Regex(regex.into_inner()),
+                    (None, Some(sets)) if window.is_some() && sets.len() < 2 => {
+                        let line = window.map_or(rule_at.line, |(_, line)| line);
+                        return Err(err(
+                            line,
+                            format!(
+                                "rule `{rule_id}`: `window` needs at least two sets in `all_of`"
+                            ),
+                        ));
+                    }
+                    (None, Some(sets)) if !sets.is_empty() => RuleKind::AllOf {
+                        sets: sets.into_iter().map(Spanned::into_inner).collect(),
+                        window: window.map(|(w, _)| w),
+                    },
                     _ => {
                         return Err(err(
                             rule_at.line,
@@ -418,6 +484,74 @@ all_of = ["s"]
         );
         let err = merged(&[("g.toml", "[[category]\n")]).expect_err("bad toml");
         assert!(err.to_string().starts_with("g.toml: "), "{err}");
+    }
+
+    fn rule_with(body: &str) -> String {
+        format!(
+            "[sets.a]\nterms = [\"x\"]\n[sets.b]\nterms = [\"y\"]\n\n[[category]]\nid = \"c\"\n\
+             action = \"block\"\n\n[[category.rule]]\nid = \"near\"\n{body}\n"
+        )
+    }
+
+    #[test]
+    fn window_is_read_per_rule() {
+        let def = merged(&[("f.toml", &rule_with("all_of = [\"a\", \"b\"]\nwindow = 4"))])
+            .expect("valid");
+        assert!(matches!(
+            &def.categories[0].rules[0].kind,
+            RuleKind::AllOf { sets, window: Some(4) } if sets.len() == 2
+        ));
+        let def = merged(&[("f.toml", &rule_with("all_of = [\"a\", \"b\"]"))]).expect("valid");
+        assert!(matches!(
+            def.categories[0].rules[0].kind,
+            RuleKind::AllOf { window: None, .. }
+        ));
+        for edge in [1, MAX_WINDOW] {
+            let body = format!("all_of = [\"a\", \"b\"]\nwindow = {edge}");
+            assert!(merged(&[("f.toml", &rule_with(&body))]).is_ok(), "{edge}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_windows_name_file_line_category_and_rule() {
+        for bad in ["0", "-3", "33", "1000", "4294967297"] {
+            let body = format!("all_of = [\"a\", \"b\"]\nwindow = {bad}");
+            let err = merged(&[("ops/local.toml", &rule_with(&body))]).expect_err(bad);
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "ops/local.toml:13: category `c`: rule `near`: `window` must be 1 to 32 \
+                     words, got {bad} (leave it out to match anywhere in the prompt)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn window_needs_an_all_of_rule_with_two_sets() {
+        let err =
+            merged(&[("f.toml", &rule_with("regex = 'x'\nwindow = 2"))]).expect_err("regex rule");
+        assert_eq!(
+            err.to_string(),
+            "f.toml:13: category `c`: rule `near`: `window` applies to `all_of` rules only \
+             (a regex states its own distances)"
+        );
+        let err =
+            merged(&[("f.toml", &rule_with("all_of = [\"a\"]\nwindow = 2"))]).expect_err("one set");
+        assert_eq!(
+            err.to_string(),
+            "f.toml:13: category `c`: rule `near`: `window` needs at least two sets in `all_of`"
+        );
+        let err = merged(&[(
+            "f.toml",
+            &rule_with("all_of = [\"a\", \"b\"]\nwindow = \"3\""),
+        )])
+        .expect_err("string");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("f.toml: ") && text.contains("line 13"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -20,6 +20,14 @@
 //! in such mixed words only (`k1ll` → `kill`, `s3x` → `sex`, but `1990` and `4 cats` stay as
 //! they are): one reads `1` as `i`, the other as `l`. Matching runs on every form, so leet
 //! folding can only add matches for words that were obfuscated to begin with.
+//!
+//! **Words** ([`Words`]) are the words of the plain form, located by the input bytes they came
+//! from. They are the unit of co-occurrence windows: a match in any form is mapped back to the
+//! input and from there to plain-form words, so all forms count distance the same way. By
+//! construction punctuation, emoji and whitespace count as nothing (`naked!!! ... child` is two
+//! adjacent words), a spaced-out or dotted word counts as one (`n.u.d.e`), and a run of filler
+//! single letters collapses into one word (`x x x x x` → `xxxxx`), so none of them can be used to
+//! push two terms apart; only real words (including numbers) count.
 
 use std::ops::Range;
 
@@ -122,6 +130,63 @@ pub fn normalize(input: &str) -> Normalized {
         }
     }
     Normalized { forms }
+}
+
+/// The words of a prompt's plain form, each as the byte range of the input it came from: the
+/// unit in which co-occurrence windows are measured (see the module documentation).
+#[derive(Debug, Clone, Default)]
+pub struct Words {
+    /// Input byte range of each plain-form word, in order.
+    spans: Vec<(usize, usize)>,
+}
+
+impl Words {
+    /// The plain-form words of `normalized`.
+    pub fn of(normalized: &Normalized) -> Self {
+        let Some(plain) = normalized.forms.first() else {
+            return Self::default();
+        };
+        let mut spans = Vec::new();
+        let mut start = 0;
+        for word in plain.text.split(' ') {
+            let end = start + word.len();
+            if let Some(range) = plain.origin_range(start, end) {
+                spans.push((range.start, range.end));
+            }
+            start = end + 1;
+        }
+        Self { spans }
+    }
+
+    /// Number of words.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// True when the plain form has no words.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// First and last word (0-based, inclusive) of the match `start..end` of `form`.
+    ///
+    /// A match is located through the input bytes it came from, so a match in a leet form gets
+    /// the indices of the plain words it overlaps. A match that overlaps no plain word (only
+    /// possible for leetspeak symbols, which the plain form drops) counts as the next word.
+    pub fn locate(&self, form: &Form, start: usize, end: usize) -> Option<(usize, usize)> {
+        let input = form.origin_range(start, end)?;
+        let last_index = self.spans.len().checked_sub(1)?;
+        let first = self
+            .spans
+            .partition_point(|&(_, word_end)| word_end <= input.start)
+            .min(last_index);
+        let last = self
+            .spans
+            .partition_point(|&(word_start, _)| word_start < input.end)
+            .saturating_sub(1)
+            .max(first);
+        Some((first, last))
+    }
 }
 
 /// The plain form of a list term (what the matcher compares against).
@@ -505,6 +570,53 @@ mod tests {
         assert_eq!(texts(""), vec![""]);
         assert_eq!(texts("!!! ... ---"), vec![""]);
         assert_eq!(normalize_term("  Severed   HEAD "), "severed head");
+    }
+
+    /// Word indices of every whole-word occurrence of `needle` in any form of `input`.
+    fn word_of(input: &str, needle: &str) -> Vec<(usize, usize)> {
+        let n = normalize(input);
+        let words = Words::of(&n);
+        let mut found = Vec::new();
+        for form in n.forms() {
+            for (start, _) in form.text().match_indices(needle) {
+                let end = start + needle.len();
+                if form.is_whole_word(start, end) {
+                    found.extend(words.locate(form, start, end));
+                }
+            }
+        }
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
+    #[test]
+    fn words_count_plain_form_words_only() {
+        assert_eq!(Words::of(&normalize("a naked, smiling child")).len(), 4);
+        assert!(Words::of(&normalize("!!! ...")).is_empty());
+        // Punctuation, emoji and whitespace are not words.
+        assert_eq!(
+            word_of("naked!!! ... \u{1F600} ,,, child", "child"),
+            vec![(1, 1)]
+        );
+        // Spaced-out and dotted letters are one word; so is a run of filler letters.
+        assert_eq!(word_of("n.u.d.e kid", "kid"), vec![(1, 1)]);
+        assert_eq!(word_of("nude x x x x x x x kid", "kid"), vec![(2, 2)]);
+        // A term inside a joined run is located at that run's word.
+        assert_eq!(word_of("a k i d here", "kid"), vec![(0, 0)]);
+        // Phrases span several words.
+        assert_eq!(word_of("a little girl", "little girl"), vec![(1, 2)]);
+    }
+
+    #[test]
+    fn leet_matches_are_located_by_plain_words() {
+        // `$` splits words in the plain form only; the leet form's `ass` still maps to the
+        // plain words it covers, so distances agree between forms.
+        assert_eq!(word_of("one a$$ two ch1ld", "child"), vec![(3, 3)]);
+        assert_eq!(word_of("one a$$ two ch1ld", "ass"), vec![(1, 1)]);
+        assert_eq!(word_of("s3xy k1d", "sexy"), vec![(0, 0)]);
+        // `@` alone is dropped from the plain form: its leet match counts as the next word.
+        assert_eq!(word_of("x @ y", "a"), vec![(1, 1)]);
     }
 
     #[test]

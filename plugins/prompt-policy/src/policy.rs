@@ -5,6 +5,11 @@
 //! costs one automaton pass and one regex-set pass per normalised form, however many
 //! categories are loaded.
 //!
+//! Co-occurrence windows (`all_of` rules with `window = N`) reuse the positions that pass
+//! already recorded; nothing is scanned again except that, when every set of a windowed rule
+//! matched, the regexes of those sets that matched are run once more to learn where (a
+//! `RegexSet` only says whether). Prompts that do not reach a windowed rule pay nothing.
+//!
 //! Only the positive prompt is evaluated. The negative prompt lists what the image must *not*
 //! show, so words such as "child, nude" there are protective; matching it would block the
 //! users who are being careful. Rewrites likewise apply to the prompt only, and
@@ -22,7 +27,7 @@ use regex::{Regex, RegexSet};
 use crate::defaults::DEFAULT_SOURCES;
 use crate::error::PolicyError;
 use crate::file::{Action, Location, PolicyDef, RuleKind};
-use crate::normalize::{Normalized, normalize, normalize_term};
+use crate::normalize::{Normalized, Words, normalize, normalize_term};
 
 /// Loads policy files in order and compiles them into a [`Policy`].
 #[derive(Debug, Default)]
@@ -76,7 +81,11 @@ struct CompiledSet {
 #[derive(Debug, Clone)]
 enum CompiledRule {
     Regex(usize),
-    AllOf(Vec<usize>),
+    AllOf {
+        sets: Vec<usize>,
+        /// Maximum distance in words between the sets' matches; `None`: anywhere.
+        window: Option<usize>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +156,13 @@ struct Hits<'a> {
     /// Per regex: forms it matched in.
     regexes: Vec<Vec<usize>>,
     sets: Vec<bool>,
+}
+
+/// Word positions of set matches, worked out on first use by a windowed rule.
+struct Positions {
+    words: Words,
+    /// Per set: (first word, last word) of each of its matches; `None` until needed.
+    sets: Vec<Option<Vec<(usize, usize)>>>,
 }
 
 impl Policy {
@@ -271,7 +287,10 @@ impl Policy {
                         add_regex(source)
                             .map_err(|m| cat_error(&rule.at, format!("rule `{}`: {m}", rule.id)))?,
                     ),
-                    RuleKind::AllOf(names) => {
+                    RuleKind::AllOf {
+                        sets: names,
+                        window,
+                    } => {
                         let mut ids = Vec::with_capacity(names.len());
                         for name in names {
                             let id = set_index.get(name.as_str()).copied().ok_or_else(|| {
@@ -282,7 +301,10 @@ impl Policy {
                             })?;
                             ids.push(id);
                         }
-                        CompiledRule::AllOf(ids)
+                        CompiledRule::AllOf {
+                            sets: ids,
+                            window: window.and_then(|w| usize::try_from(w).ok()),
+                        }
                     }
                 };
                 compiled.rules.push((compiled_rule, audit));
@@ -373,6 +395,7 @@ impl Policy {
     pub fn evaluate(&self, prompt: &str) -> Evaluation {
         let normalized = normalize(prompt);
         let hits = self.hits(&normalized);
+        let mut positions = None;
         let mut matches = Vec::new();
         for cat in &self.categories {
             let mut rules = Vec::new();
@@ -390,7 +413,14 @@ impl Policy {
                         rules.push(audit.clone());
                         regex_ids.push(*r);
                     }
-                    CompiledRule::AllOf(sets) if sets.iter().all(|&s| hits.sets[s]) => {
+                    CompiledRule::AllOf { sets, window }
+                        if sets.iter().all(|&s| hits.sets[s])
+                            && window.is_none_or(|w| {
+                                self.within_window(&hits, &mut positions, sets, w)
+                            }) =>
+                    {
+                        // A rewrite removes every match of the sets, as without a window: the
+                        // text is the same words either way.
                         rules.push(audit.clone());
                         for &s in sets {
                             phrase_ids.extend(&self.sets[s].phrases);
@@ -416,6 +446,77 @@ impl Policy {
             });
         }
         Evaluation { matches }
+    }
+
+    /// Whether one match of each of `sets` can be picked so that the last starts at most
+    /// `window` words after the first ends (every set is known to match somewhere).
+    ///
+    /// Picking the match that ends first as the anchor, the others must end no earlier and start
+    /// no later than `window` words after it; trying every match as the anchor is exact, and
+    /// the lists are a handful of entries each.
+    fn within_window(
+        &self,
+        hits: &Hits<'_>,
+        positions: &mut Option<Positions>,
+        sets: &[usize],
+        window: usize,
+    ) -> bool {
+        let positions = positions.get_or_insert_with(|| Positions {
+            words: Words::of(hits.normalized),
+            sets: vec![None; self.sets.len()],
+        });
+        for &s in sets {
+            if positions.sets.get(s).is_some_and(Option::is_none) {
+                let located = self.locate_set(hits, &positions.words, s);
+                positions.sets[s] = Some(located);
+            }
+        }
+        let lists: Vec<&[(usize, usize)]> = sets
+            .iter()
+            .map(|&s| {
+                positions
+                    .sets
+                    .get(s)
+                    .and_then(Option::as_deref)
+                    .unwrap_or(&[])
+            })
+            .collect();
+        lists
+            .iter()
+            .flat_map(|list| list.iter())
+            .any(|&(_, anchor)| {
+                lists.iter().all(|list| {
+                    list.iter().any(|&(first, last)| {
+                        last >= anchor && first <= anchor.saturating_add(window)
+                    })
+                })
+            })
+    }
+
+    /// (first word, last word) of every match of set `s`, in any form.
+    fn locate_set(&self, hits: &Hits<'_>, words: &Words, s: usize) -> Vec<(usize, usize)> {
+        let forms = hits.normalized.forms();
+        let mut located = Vec::new();
+        let Some(set) = self.sets.get(s) else {
+            return located;
+        };
+        for &p in &set.phrases {
+            for &(f, start, end) in &hits.phrases[p] {
+                if let Some(form) = forms.get(f) {
+                    located.extend(words.locate(form, start, end));
+                }
+            }
+        }
+        for &r in &set.regexes {
+            for &f in &hits.regexes[r] {
+                if let (Some(form), Some(regex)) = (forms.get(f), self.regexes.get(r)) {
+                    for m in regex.find_iter(form.text()) {
+                        located.extend(words.locate(form, m.start(), m.end()));
+                    }
+                }
+            }
+        }
+        located
     }
 
     /// Prompt byte ranges of the given phrases' and regexes' matches.
@@ -606,6 +707,97 @@ terms = ["battle"]
         assert!(p.evaluate("a grey cat").is_blocked());
         assert!(p.evaluate("a dog").is_clean());
         assert!(p.evaluate("purple rain").is_clean());
+    }
+
+    const WINDOWED: &str = r#"
+[sets.minor]
+terms = ["child", "little girl"]
+regex = ['\baged? (?:1[0-7]|[1-9])\b']
+[sets.nudity]
+terms = ["naked", "nude"]
+[sets.place]
+terms = ["beach"]
+
+[[category]]
+id = "near"
+action = "block"
+[[category.rule]]
+id = "minor-near-nudity"
+all_of = ["nudity", "minor"]
+window = 2
+
+[[category]]
+id = "trio"
+action = "block"
+[[category.rule]]
+id = "all-three"
+all_of = ["minor", "nudity", "place"]
+window = 3
+
+[[category]]
+id = "anywhere"
+action = "force_negative"
+negative = ["nsfw"]
+[[category.rule]]
+id = "minor-and-nudity"
+all_of = ["minor", "nudity"]
+"#;
+
+    fn windowed_rules(p: &Policy, prompt: &str) -> Vec<String> {
+        p.evaluate(prompt)
+            .matches
+            .into_iter()
+            .filter(|m| m.category != "anywhere")
+            .flat_map(|m| m.rules)
+            .collect()
+    }
+
+    #[test]
+    fn window_counts_words_between_the_matches() {
+        let p = policy(WINDOWED);
+        let near = vec!["near/minor-near-nudity".to_owned()];
+        for prompt in [
+            "a naked child",
+            "a child, naked",              // order does not matter
+            "naked little girl",           // phrase match
+            "a naked smiling child",       // one word between
+            "naked!!! ... --- child",      // punctuation is not a word
+            "a c h i l d , n.u.d.e",       // spaced and dotted letters are one word each
+            "naked x x x x x x x x child", // a run of single letters is one word
+            "n4ked ch1ld",                 // leet form matches, located by plain words
+            "nude, aged 9",                // regex match located too
+            "a child in a park and, far away, a naked child", // any pair may qualify
+        ] {
+            assert_eq!(windowed_rules(&p, prompt), near, "{prompt:?}");
+        }
+        for prompt in [
+            "naked, happy smiling child",
+            "a child laughing at the naked emperor",
+            "nude at the beach, aged 9",
+            "n4ked and ab cd ch1ld",
+        ] {
+            assert_eq!(
+                windowed_rules(&p, prompt),
+                Vec::<String>::new(),
+                "{prompt:?}"
+            );
+            // The rule without a window still fires on the same prompt.
+            assert_eq!(
+                p.evaluate(prompt).categories().collect::<Vec<_>>(),
+                vec!["anywhere"],
+                "{prompt:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn window_spans_every_set_of_the_rule() {
+        let p = policy(WINDOWED);
+        let trio = "trio/all-three".to_owned();
+        assert!(windowed_rules(&p, "naked child at beach").contains(&trio));
+        assert!(windowed_rules(&p, "beach, child: nude").contains(&trio));
+        // naked (0) .. beach (4): four words from first to last.
+        assert!(!windowed_rules(&p, "naked child on a beach").contains(&trio));
     }
 
     #[test]
