@@ -1,6 +1,7 @@
-//! [`ProvenanceError`]: why a provenance stage could not be built or a PNG not annotated.
+//! [`ProvenanceError`]: why a provenance stage could not be built or an encoded PNG, JPEG or WebP
+//! not annotated.
 
-/// Why configuring the stage or embedding provenance into a PNG failed.
+/// Why configuring the stage or embedding provenance into an encoded image failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProvenanceError {
     /// The input does not start with the PNG signature.
@@ -19,6 +20,29 @@ pub enum ProvenanceError {
     /// A chunk would exceed the PNG limit of 2^31 - 1 data bytes.
     #[error("PNG chunk for keyword {0:?} would be too large")]
     ChunkTooLarge(String),
+    /// The input does not start with a JPEG start-of-image marker.
+    #[error("not a JPEG: the start-of-image marker FF D8 FF is missing")]
+    NotJpeg,
+    /// The JPEG's marker segments before the scan data are malformed.
+    #[error("malformed JPEG: {0}")]
+    BadJpeg(String),
+    /// The input is not a RIFF/WebP file.
+    #[error("not a WebP: the RIFF....WEBP header is missing")]
+    NotWebp,
+    /// The WebP's chunk structure is malformed or not one this crate can extend.
+    #[error("malformed WebP: {0}")]
+    BadWebp(String),
+    /// A metadata block does not fit the container: a JPEG APP1 segment carries at most 65,533
+    /// bytes after its marker (XMP: 65,504 after the namespace), a WebP file at most 4 GiB.
+    #[error("{what} is {len} bytes, more than the {max} bytes the container allows")]
+    TooLarge {
+        /// Which block: "EXIF", "XMP packet", "WebP file".
+        what: &'static str,
+        /// Its size in bytes.
+        len: usize,
+        /// The most the container takes.
+        max: usize,
+    },
     /// `weights_sha256` is not 64 hex digits.
     #[error("weights_sha256 must be 64 hex digits, got {0:?}")]
     BadSha256(String),

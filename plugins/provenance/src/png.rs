@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn chunks_follow_ihdr_and_parse_back() {
         let (_, png) = sample();
-        let xmp = crate::xmp_packet("job-1", crate::DIGITAL_SOURCE_TYPE_COMPOSITE, "rights");
+        let xmp = crate::xmp_packet(&crate::test_support::fields()).expect("packet");
         let out = embed_png(&png, &fields(), &xmp).expect("embed");
         let chunks = read_chunks(&out);
         assert_eq!(&chunks[0].kind, b"IHDR");

@@ -1,6 +1,7 @@
 //! [`ProvenanceConfig`] (plain serde data) and [`ProvenanceStage`], the running stage, plus
 //! [`png_fields`] and [`xmp_for`], which turn a finished image's provenance metadata into what
-//! [`embed_png`](crate::embed_png) writes.
+//! [`embed_png`](crate::embed_png), [`embed_jpeg`](crate::embed_jpeg) and
+//! [`embed_webp`](crate::embed_webp) write.
 //!
 //! **Order.** Put the stage last, after the watermark: it describes the final pixels.
 
@@ -11,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ProvenanceError;
 use crate::xmp::xmp_packet;
+
+/// The generating software as files name it (EXIF `Software`, XMP `xmp:CreatorTool`): the
+/// worker and its version (the workspace shares one version).
+pub const SOFTWARE: &str = concat!("inpaint-worker ", env!("CARGO_PKG_VERSION"));
 
 /// IPTC digital source type of an inpainted image: a composite of a capture (the input image)
 /// and trained-model output.
@@ -175,8 +180,9 @@ impl Stage for ProvenanceStage {
     }
 }
 
-/// The provenance entries of `image` (those [`ProvenanceStage`] added), as PNG text fields for
-/// [`embed_png`](crate::embed_png): keyword = metadata key.
+/// The provenance entries of `image` (those [`ProvenanceStage`] added), as (key, value) fields
+/// for the encoders: PNG `iTXt` keywords ([`embed_png`](crate::embed_png)) and the source of the
+/// EXIF summary and XMP packet for every format. Keyword = metadata key.
 pub fn png_fields(image: &OutputImage) -> Vec<(String, String)> {
     image
         .metadata
@@ -192,11 +198,22 @@ pub fn png_fields(image: &OutputImage) -> Vec<(String, String)> {
 /// The XMP packet for `image`, from the metadata [`ProvenanceStage`] added; `None` when the
 /// stage did not run on it.
 pub fn xmp_for(image: &OutputImage) -> Option<String> {
-    let value = |key: &str| image.metadata_value(&format!("{}{key}", ProvenanceStage::KEY_PREFIX));
-    let source = value("digital_source_type")?;
-    let job_id = value("job_id").unwrap_or_default();
-    let rights = format!("{LICENCE}. {LICENCE_RESTRICTIONS}.");
-    Some(xmp_packet(job_id, source, &rights))
+    xmp_packet(&png_fields(image))
+}
+
+/// The value of `provenance.<name>` among `fields`.
+pub(crate) fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields.iter().find_map(|(key, value)| {
+        (key.strip_prefix(ProvenanceStage::KEY_PREFIX) == Some(name)).then_some(value.as_str())
+    })
+}
+
+/// [`SOFTWARE`], followed by `; model <model_id>` when the fields name the model.
+pub fn creator_tool(fields: &[(String, String)]) -> String {
+    match field(fields, "model_id") {
+        Some(model) => format!("{SOFTWARE}; model {model}"),
+        None => SOFTWARE.to_owned(),
+    }
 }
 
 #[cfg(test)]
