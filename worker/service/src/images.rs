@@ -40,8 +40,9 @@ pub fn decode_rgb(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage,
     Ok(limited.decode().map_err(undecodable)?.to_rgb8())
 }
 
-/// Provenance to write into an output file: text fields and an XMP packet, from the
-/// provenance stage's metadata (empty when the chain has no provenance stage).
+/// Provenance to write into an output file: the provenance stage's fields (PNG text chunks; the
+/// source of the EXIF summary in JPEG and WebP) and its XMP packet (every format), from the
+/// stage's metadata (empty when the chain has no provenance stage).
 #[derive(Clone, Debug, Default)]
 pub struct Provenance {
     pub fields: Vec<(String, String)>,
@@ -62,8 +63,16 @@ impl Provenance {
     }
 }
 
-/// Encodes an output in the job's format. PNG outputs carry the provenance as iTXt chunks and
-/// an XMP packet; JPEG and WebP outputs do not carry it yet.
+/// Encodes an output in the job's format and writes the provenance into the encoded file, byte
+/// level, without re-encoding pixels (`inpaint_provenance`):
+/// - PNG: one `iTXt` chunk per field and the XMP packet (`iTXt` `XML:com.adobe.xmp`);
+/// - JPEG: an EXIF `APP1` segment (AI-generated statement, software and model, licence, job,
+///   seed, parameters) and an XMP `APP1` segment;
+/// - WebP: converted to the extended format (`VP8X`) with `EXIF` and `XMP ` chunks.
+///
+/// With no provenance stage in the chain the file is written as encoded. A provenance block
+/// the container cannot hold (an XMP packet over JPEG's 65,504 bytes) fails the job as an
+/// internal error rather than publishing an unmarked output.
 pub fn encode(
     image: &RgbImage,
     format: OutputFormat,
@@ -88,15 +97,18 @@ pub fn encode(
             .write_image(image.as_raw(), w, h, image::ExtendedColorType::Rgb8),
     };
     result.map_err(|e| JobFailure::internal(format!("encoding the output: {e}")))?;
-    if matches!(format, OutputFormat::Png {}) && !provenance.is_empty() {
-        out = inpaint_provenance::embed_png(
-            &out,
-            &provenance.fields,
-            provenance.xmp.as_deref().unwrap_or_default(),
-        )
-        .map_err(|e| JobFailure::internal(format!("writing provenance into the PNG: {e}")))?;
+    if provenance.is_empty() {
+        return Ok(out);
     }
-    Ok(out)
+    let fields = &provenance.fields;
+    let xmp = provenance.xmp.as_deref().unwrap_or_default();
+    let (embedded, container) = match format {
+        OutputFormat::Png {} => (inpaint_provenance::embed_png(&out, fields, xmp), "PNG"),
+        OutputFormat::Jpeg { .. } => (inpaint_provenance::embed_jpeg(&out, fields, xmp), "JPEG"),
+        OutputFormat::Webp {} => (inpaint_provenance::embed_webp(&out, fields, xmp), "WebP"),
+    };
+    embedded
+        .map_err(|e| JobFailure::internal(format!("writing provenance into the {container}: {e}")))
 }
 
 #[cfg(test)]
@@ -142,18 +154,85 @@ mod tests {
         }
     }
 
+    /// What the provenance stage would record, as the worker hands it to `encode`.
+    fn provenance() -> Provenance {
+        let fields: Vec<(String, String)> = [
+            ("provenance.ai_generated", "true"),
+            (
+                "provenance.digital_source_type",
+                inpaint_provenance::DIGITAL_SOURCE_TYPE_COMPOSITE,
+            ),
+            ("provenance.job_id", "00000000-0000-0000-0000-00000000002a"),
+            ("provenance.seed", "77"),
+            ("provenance.model_id", "sd-inpainting"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let xmp = inpaint_provenance::xmp_packet(&fields);
+        Provenance { fields, xmp }
+    }
+
+    fn contains(bytes: &[u8], needle: &[u8]) -> bool {
+        bytes.windows(needle.len()).any(|w| w == needle)
+    }
+
     #[test]
     fn png_outputs_carry_the_provenance() {
         let image = RgbImage::from_pixel(16, 8, image::Rgb([10, 200, 30]));
-        let provenance = Provenance {
-            fields: vec![("provenance.ai_generated".into(), "true".into())],
-            xmp: Some("<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"></x:xmpmeta>".into()),
-        };
-        let bytes = encode(&image, OutputFormat::Png {}, &provenance).expect("encode");
-        let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-        assert!(contains(b"iTXtprovenance.ai_generated"));
-        assert!(contains(b"iTXtXML:com.adobe.xmp"));
+        let bytes = encode(&image, OutputFormat::Png {}, &provenance()).expect("encode");
+        assert!(contains(&bytes, b"iTXtprovenance.ai_generated"));
+        assert!(contains(&bytes, b"iTXtXML:com.adobe.xmp"));
         let back = decode_rgb(&bytes, "out", 1 << 20).expect("decode");
         assert_eq!(back, image, "pixels unchanged");
+    }
+
+    #[test]
+    fn jpeg_and_webp_outputs_carry_exif_and_xmp() {
+        use image::ImageDecoder;
+        use image::codecs::jpeg::JpegDecoder;
+        use image::codecs::webp::WebPDecoder;
+
+        let image = RgbImage::from_fn(16, 8, |x, y| image::Rgb([x as u8 * 16, y as u8 * 32, 99]));
+        let provenance = provenance();
+        let xmp = provenance.xmp.clone().expect("packet");
+        for format in [OutputFormat::Jpeg { quality: 90 }, OutputFormat::Webp {}] {
+            let plain = encode(&image, format, &Provenance::default()).expect("encode");
+            let bytes = encode(&image, format, &provenance).expect("encode");
+            let cursor = Cursor::new(bytes.as_slice());
+            let (exif, read_xmp) = if matches!(format, OutputFormat::Webp {}) {
+                assert_eq!(&bytes[12..16], b"VP8X", "extended WebP");
+                let mut decoder = WebPDecoder::new(cursor).expect("decoder");
+                (decoder.exif_metadata(), decoder.xmp_metadata())
+            } else {
+                let mut decoder = JpegDecoder::new(cursor).expect("decoder");
+                (decoder.exif_metadata(), decoder.xmp_metadata())
+            };
+            let exif = exif.expect("reads EXIF").expect("has EXIF");
+            assert!(contains(&exif, b"AI-generated image"), "{format:?}");
+            assert!(contains(&exif, b"sd-inpainting"), "{format:?}");
+            assert!(contains(&exif, b"seed=77"), "{format:?}");
+            assert_eq!(read_xmp.expect("reads XMP"), Some(xmp.clone().into_bytes()));
+            // Same pixels as the file without provenance: metadata was added, nothing re-encoded.
+            assert_eq!(
+                decode_rgb(&bytes, "out", 1 << 20).expect("decode"),
+                decode_rgb(&plain, "out", 1 << 20).expect("decode"),
+                "{format:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_provenance_stage_files_carry_none() {
+        let image = RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
+        for format in [
+            OutputFormat::Png {},
+            OutputFormat::Webp {},
+            OutputFormat::Jpeg { quality: 80 },
+        ] {
+            let bytes = encode(&image, format, &Provenance::default()).expect("encode");
+            assert!(!contains(&bytes, b"AI-generated"), "{format:?}");
+            assert!(!contains(&bytes, b"xap/1.0"), "{format:?}");
+        }
     }
 }
