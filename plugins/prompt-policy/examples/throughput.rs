@@ -3,6 +3,8 @@
 //!
 //! ```sh
 //! cargo run --release -p inpaint-prompt-policy --example throughput
+//! # another prompt file (same format as the corpus), e.g. an older corpus to compare builds:
+//! cargo run --release -p inpaint-prompt-policy --example throughput -- prompts.txt
 //! ```
 #![allow(clippy::print_stdout)]
 
@@ -13,7 +15,11 @@ use inpaint_prompt_policy::PolicyBuilder;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let policy = PolicyBuilder::with_defaults()?.build()?;
-    let mut prompts: Vec<&str> = include_str!("../tests/ordinary_prompts.txt")
+    let corpus = match std::env::args_os().nth(1) {
+        Some(path) => std::fs::read_to_string(path)?,
+        None => include_str!("../tests/ordinary_prompts.txt").to_owned(),
+    };
+    let mut prompts: Vec<&str> = corpus
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
