@@ -161,8 +161,46 @@ struct Hits<'a> {
 /// Word positions of set matches, worked out on first use by a windowed rule.
 struct Positions {
     words: Words,
-    /// Per set: (first word, last word) of each of its matches; `None` until needed.
-    sets: Vec<Option<Vec<(usize, usize)>>>,
+    /// Per set: where its matches are; `None` until a windowed rule needs that set.
+    sets: Vec<Option<SetPositions>>,
+}
+
+/// The matches of one set as (first word, last word), sorted, with the running maximum of the
+/// last word, so "does some match start by word `x` and end at or after word `y`" is one binary
+/// search. That keeps a window check O(h log h) in the number of matches h, which matters
+/// only for hostile prompts that repeat a term hundreds of times.
+#[derive(Clone)]
+struct SetPositions {
+    matches: Vec<(usize, usize)>,
+    latest_end: Vec<usize>,
+}
+
+impl SetPositions {
+    fn new(mut matches: Vec<(usize, usize)>) -> Self {
+        matches.sort_unstable();
+        matches.dedup();
+        let mut latest = 0;
+        let latest_end = matches
+            .iter()
+            .map(|&(_, last)| {
+                latest = latest.max(last);
+                latest
+            })
+            .collect();
+        Self {
+            matches,
+            latest_end,
+        }
+    }
+
+    /// Whether some match starts at or before word `reach` and ends at or after word `anchor`.
+    fn reaches(&self, anchor: usize, reach: usize) -> bool {
+        let starting_by = self.matches.partition_point(|&(first, _)| first <= reach);
+        starting_by
+            .checked_sub(1)
+            .and_then(|i| self.latest_end.get(i))
+            .is_some_and(|&end| end >= anchor)
+    }
 }
 
 impl Policy {
@@ -452,8 +490,7 @@ impl Policy {
     /// `window` words after the first ends (every set is known to match somewhere).
     ///
     /// Picking the match that ends first as the anchor, the others must end no earlier and start
-    /// no later than `window` words after it; trying every match as the anchor is exact, and
-    /// the lists are a handful of entries each.
+    /// no later than `window` words after it; trying every match as the anchor is exact.
     fn within_window(
         &self,
         hits: &Hits<'_>,
@@ -467,29 +504,24 @@ impl Policy {
         });
         for &s in sets {
             if positions.sets.get(s).is_some_and(Option::is_none) {
-                let located = self.locate_set(hits, &positions.words, s);
+                let located = SetPositions::new(self.locate_set(hits, &positions.words, s));
                 positions.sets[s] = Some(located);
             }
         }
-        let lists: Vec<&[(usize, usize)]> = sets
-            .iter()
-            .map(|&s| {
-                positions
-                    .sets
-                    .get(s)
-                    .and_then(Option::as_deref)
-                    .unwrap_or(&[])
-            })
-            .collect();
+        let mut lists = Vec::with_capacity(sets.len());
+        for &s in sets {
+            match positions.sets.get(s) {
+                Some(Some(list)) => lists.push(list),
+                // Unreachable (every set was just located); no match means no window match.
+                _ => return false,
+            }
+        }
         lists
             .iter()
-            .flat_map(|list| list.iter())
+            .flat_map(|list| list.matches.iter())
             .any(|&(_, anchor)| {
-                lists.iter().all(|list| {
-                    list.iter().any(|&(first, last)| {
-                        last >= anchor && first <= anchor.saturating_add(window)
-                    })
-                })
+                let reach = anchor.saturating_add(window);
+                lists.iter().all(|list| list.reaches(anchor, reach))
             })
     }
 
@@ -798,6 +830,33 @@ all_of = ["minor", "nudity"]
         assert!(windowed_rules(&p, "beach, child: nude").contains(&trio));
         // naked (0) .. beach (4): four words from first to last.
         assert!(!windowed_rules(&p, "naked child on a beach").contains(&trio));
+    }
+
+    #[test]
+    fn many_repeated_terms_are_checked_exactly() {
+        let p = policy(WINDOWED);
+        // naked: words 0..=299, filler 300..=302, child 303..=602: distance 4, window 2.
+        let far = format!(
+            "{}one two three {}",
+            "naked ".repeat(300),
+            "child ".repeat(300)
+        );
+        assert_eq!(windowed_rules(&p, &far), Vec::<String>::new());
+        let near = format!("{far}naked");
+        assert_eq!(
+            windowed_rules(&p, &near),
+            vec!["near/minor-near-nudity".to_owned()]
+        );
+    }
+
+    #[test]
+    fn set_positions_find_long_matches_that_started_early() {
+        let set = SetPositions::new(vec![(6, 6), (0, 5), (2, 2)]);
+        assert!(set.reaches(4, 5)); // (0, 5) starts by word 5 and ends at or after word 4
+        assert!(!set.reaches(6, 5)); // nothing that starts by word 5 ends at or after word 6
+        assert!(set.reaches(6, 6));
+        assert!(!set.reaches(7, 100));
+        assert!(!SetPositions::new(Vec::new()).reaches(0, 10));
     }
 
     #[test]
