@@ -17,10 +17,12 @@
 //! idle processes (and multiply a model-loading program's memory); a check that needs
 //! parallelism is better served over HTTP, where the server owns its concurrency.
 //!
-//! Time: a request's `timeout_ms` counts from handing the request over, so when an attempt has
-//! to (re)start the program, the program's start-up counts too. Reading and writing happen on
-//! helper threads, so neither a program that does not read its stdin nor one that never writes
-//! can block the caller past the timeout.
+//! Time: a request's `timeout_ms` counts from handing the request over. A program's start-up
+//! (an interpreter loading, a model loading) would eat into it, and a start-up longer than the
+//! timeout would make every restart time out again; so a request to a program started less
+//! than `startup_grace_ms` ago may take until `startup_grace_ms` after the start plus
+//! `timeout_ms`. Reading and writing happen on helper threads, so neither a program that does
+//! not read its stdin nor one that never writes can block the caller past that.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -62,7 +64,8 @@ const EXIT_GRACE: Duration = Duration::from_millis(200);
 /// program = "python3"
 /// args = ["ops/plugins/verdict_exec.py", "--block-word", "forbidden"]
 /// hooks = ["before-inference", "after-output"]
-/// timeout_ms = 2000                 # per request; includes start-up after a (re)start
+/// timeout_ms = 2000                 # per request
+/// startup_grace_ms = 5000           # extra time for the first requests after a (re)start
 /// attempts = 2                      # 1 = no restart within a call
 /// on_failure = "retry"              # or "block"
 /// env = { POLICY_LEVEL = "strict" }
@@ -92,6 +95,9 @@ pub struct ExecStageConfig {
     pub send_input_image: bool,
     /// Limit for one request, from handing it over to the response line, in ms.
     pub timeout_ms: u64,
+    /// Allowance for the program's start-up, in ms: a request to a program started less than
+    /// this long ago may take until this long after the start plus `timeout_ms`.
+    pub startup_grace_ms: u64,
     /// Attempts per call (1 to 10); each attempt after a failure runs a fresh program.
     pub attempts: u32,
     /// Pause before the second attempt, in ms; it doubles for each further attempt (at most
@@ -117,6 +123,7 @@ impl Default for ExecStageConfig {
             hooks: Vec::new(),
             send_input_image: false,
             timeout_ms: 10_000,
+            startup_grace_ms: 5_000,
             attempts: 2,
             backoff_ms: 100,
             on_failure: OnFailure::Retry,
@@ -162,6 +169,7 @@ impl ExecStageConfig {
         })?;
         Ok(ExecStage {
             common,
+            startup_grace: Duration::from_millis(self.startup_grace_ms),
             launch,
             child: Mutex::new(Some(running)),
         })
@@ -210,6 +218,7 @@ impl Launch {
         };
         let mut running = Running {
             process,
+            started: Instant::now(),
             requests: None,
             lines: None,
             stopped: false,
@@ -272,9 +281,10 @@ fn read_lines(stdout: ChildStdout, max_line: u64, lines: Sender<FromChild>) {
                 }
                 FromChild::Line(line)
             }
-            // No line end: either the limit cut the line, or the file ended mid-line.
+            // No line end: either the limit cut the line, or the file ended mid-line: the
+            // program died while answering (a crash, not a malformed answer).
             Ok(n) if n as u64 > max_line => FromChild::TooLong,
-            Ok(_) => FromChild::Line(line),
+            Ok(_) => FromChild::Closed,
         };
         let last = matches!(event, FromChild::Closed | FromChild::TooLong);
         if lines.send(event).is_err() || last {
@@ -311,6 +321,7 @@ fn forward_stderr(stderr: ChildStderr, stage: &str) {
 #[derive(Debug)]
 struct Running {
     process: Child,
+    started: Instant,
     requests: Option<Sender<Vec<u8>>>,
     lines: Option<Receiver<FromChild>>,
     stopped: bool,
@@ -344,22 +355,30 @@ impl Running {
         }
     }
 
-    /// Sends one request line and waits for one response line.
-    fn exchange(&mut self, body: &[u8], timeout: Duration) -> Result<Vec<u8>, AttemptError> {
+    /// Sends one request line and waits for one response line: `timeout`, or until `grace`
+    /// after the program's start plus `timeout` if that is later.
+    fn exchange(
+        &mut self,
+        body: &[u8],
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Vec<u8>, AttemptError> {
         let (Some(requests), Some(lines)) = (&self.requests, &self.lines) else {
             return Err(AttemptError::transient("the program is not running"));
         };
+        let starting = (self.started + grace).saturating_duration_since(Instant::now());
         if requests.send(body.to_vec()).is_err() {
             return Err(self.crashed());
         }
-        match lines.recv_timeout(timeout) {
+        let wait = timeout + starting;
+        match lines.recv_timeout(wait) {
             Ok(FromChild::Line(line)) => Ok(line),
             Ok(FromChild::TooLong) => Err(AttemptError::malformed(ExternalError::Malformed(
                 "the response line is longer than max_response_bytes".into(),
             ))),
             Ok(FromChild::Closed) | Err(RecvTimeoutError::Disconnected) => Err(self.crashed()),
             Err(RecvTimeoutError::Timeout) => Err(AttemptError::timed_out(format!(
-                "no response line within {timeout:?} (the program was killed)"
+                "no response line within {wait:?} (the program was killed)"
             ))),
         }
     }
@@ -413,6 +432,7 @@ fn kill_and_reap(process: &mut Child) {
 /// The running exec stage.
 pub struct ExecStage {
     common: Common,
+    startup_grace: Duration,
     launch: Launch,
     /// The program, if one is running. Locked for a whole call (all its attempts).
     child: Mutex<Option<Running>>,
@@ -477,7 +497,7 @@ impl ExecStage {
                 }
             };
             let result = running
-                .exchange(&call.body, self.common.timeout)
+                .exchange(&call.body, self.common.timeout, self.startup_grace)
                 .and_then(|line| call.decode(&line).map_err(AttemptError::malformed));
             if result.is_err() {
                 // Dropping kills and reaps it: after a timeout, a crash or a malformed line
@@ -629,6 +649,26 @@ mod tests {
             err.to_string().contains("longer than max_response_bytes"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn start_up_time_is_granted_on_top_of_the_timeout() {
+        // Takes 600 ms to start; requests get 200 ms.
+        let slow = format!("sleep 0.6; {CONTINUE}");
+        let granted = ExecStageConfig {
+            timeout_ms: 200,
+            startup_grace_ms: 3_000,
+            ..shell(&slow, 1)
+        };
+        let stage = granted.build().expect("build");
+        assert_eq!(stage.before_inference(&ctx()).ok(), Some(Verdict::Continue));
+        let not_granted = ExecStageConfig {
+            startup_grace_ms: 0,
+            ..granted
+        };
+        let stage = not_granted.build().expect("build");
+        let err = stage.before_inference(&ctx()).expect_err("too slow");
+        assert!(matches!(err, StageError::Timeout(d) if d == Duration::from_millis(200)));
     }
 
     #[test]
