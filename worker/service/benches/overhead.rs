@@ -4,7 +4,8 @@
 //! Garage (`ops/dev/services.sh up`; the same `INPAINT_TEST_*` overrides as the end-to-end
 //! tests) on 512×512 PNG jobs, and prints what the worker costs around inference: two GETs,
 //! two decodes, the encode, the PUT, the manifest, the result publish with its confirm and the
-//! ack. Three phases, each with a fresh worker on one topology of its own (unique names,
+//! ack (publish and ack only in the worker's histograms: they follow the final result). The
+//! idempotency check (a manifest GET) runs concurrently with the two input GETs. Three phases, each with a fresh worker on one topology of its own (unique names,
 //! deleted at the end, with `x-expires` as a safety net):
 //!
 //! 1. `serial`: one job at a time (publish, wait for its result). End-to-end latency here is
@@ -52,12 +53,14 @@ const RESULT_WAIT: Duration = Duration::from_secs(30);
 /// Longest a phase may take before the bench gives up on it.
 const PHASE_LIMIT: Duration = Duration::from_secs(180);
 /// Stages in the result's `timings_ms`, in pipeline order.
-const STAGES: [&str; 5] = [
+const STAGES: [&str; 7] = [
     "download",
+    "decode",
     "plugins_before",
     "inference",
     "plugins_after",
     "upload",
+    "manifest",
 ];
 
 fn env_or(name: &str, default: &str) -> String {
@@ -89,6 +92,7 @@ fn s3_config() -> S3Config {
             "INPAINT_TEST_S3_SECRET_ACCESS_KEY",
             "5ecf2a9e0b7d4c3f8a6e1d2c9b0a7f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a",
         )),
+        ..S3Config::default()
     }
 }
 

@@ -544,10 +544,15 @@ async fn settle(
                     result
                 }
             };
+            // Publish and ack happen after the result is final: their times go to the metrics
+            // (`inpaint_stage_seconds{stage="publish"|"ack"}`) only.
+            let t = Instant::now();
             publish_result(shared, publisher, &delivery.properties, &result)
                 .instrument(tracing::info_span!("publish"))
                 .await?;
+            metrics.observe_stage("publish", t.elapsed().as_secs_f64());
             metrics.count_status(result.status);
+            let t = Instant::now();
             if action == Action::Ack {
                 delivery
                     .acker
@@ -564,6 +569,7 @@ async fn settle(
                     .await
                     .map_err(amqp("dead-lettering"))?;
             }
+            metrics.observe_stage("ack", t.elapsed().as_secs_f64());
             tracing::info!(status = ?result.status, outputs = result.outputs.len(), "job settled");
         }
     }
@@ -816,53 +822,64 @@ async fn execute(
         ));
     }
 
-    // Idempotency: a job whose manifest and outputs exist is answered from the manifest.
+    // Idempotency check and downloads at once: a first delivery (the common case) waits for one
+    // round trip to the store, not two. On a redelivery whose outputs exist the downloads are
+    // wasted, and their errors ignored: the stored result answers the job even when its inputs
+    // have since been deleted.
+    let t = Instant::now();
     let manifest = manifest_ref(job)?;
-    if let Some(previous) = previous_result(storage.as_ref(), &manifest).await? {
+    let limits = &settings.limits;
+    let downloads = async {
+        match (&job.image, &job.mask) {
+            (Some(image), Some(mask)) => futures::try_join!(
+                storage.get(image, Some(limits.max_object_bytes)),
+                storage.get(mask, Some(limits.max_object_bytes)),
+            )
+            .map(Some),
+            _ => Ok(None),
+        }
+    };
+    let (previous, downloaded) =
+        futures::future::join(previous_result(storage.as_ref(), &manifest), downloads)
+            .instrument(tracing::info_span!("download"))
+            .await;
+    if let Some(previous) = previous? {
         tracing::info!("outputs already written by an earlier delivery; not recomputing");
         let mut result = previous;
         result.attempt = attempt;
         return Ok(result);
     }
-
-    // Download and decode, within the limits.
-    let t = Instant::now();
-    let limits = &settings.limits;
-    let inputs = match (&job.image, &job.mask) {
-        (Some(image), Some(mask)) => {
-            let (image_bytes, mask_bytes) = async {
-                futures::try_join!(
-                    storage.get(image, Some(limits.max_object_bytes)),
-                    storage.get(mask, Some(limits.max_object_bytes)),
-                )
-            }
-            .instrument(tracing::info_span!("download"))
-            .await?;
-            let max_pixels = limits.max_decoded_pixels;
-            let decoded = tokio::task::spawn_blocking(move || {
-                let image = images::decode_rgb(&image_bytes.bytes, "image", max_pixels)?;
-                let mask = images::decode_rgb(&mask_bytes.bytes, "mask", max_pixels)?;
-                if image.dimensions() != mask.dimensions() {
-                    return Err(JobFailure::permanent(
-                        ErrorCode::UndecodableImage,
-                        format!(
-                            "mask is {}x{} but image is {}x{}",
-                            mask.width(),
-                            mask.height(),
-                            image.width(),
-                            image.height()
-                        ),
-                    ));
-                }
-                Ok((image, inpaint_engine::pipeline::pil_luma(&mask)))
-            })
-            .await
-            .map_err(|e| JobFailure::internal(format!("decoding task: {e}")))??;
-            Some(decoded)
-        }
-        _ => None,
-    };
+    let downloaded = downloaded?;
     stage_ms(timings, metrics, "download", t);
+
+    // Decode, within the limits, off the async threads; image and mask at once.
+    let t = Instant::now();
+    let inputs = match downloaded {
+        Some((image_bytes, mask_bytes)) => {
+            let max_pixels = limits.max_decoded_pixels;
+            let image = decoding(tokio::task::spawn_blocking(move || {
+                images::decode_rgb(&image_bytes.bytes, "image", max_pixels)
+            }));
+            let mask = decoding(tokio::task::spawn_blocking(move || {
+                images::decode_rgb(&mask_bytes.bytes, "mask", max_pixels)
+                    .map(|mask| (mask.dimensions(), inpaint_engine::pipeline::pil_luma(&mask)))
+            }));
+            let (image, ((mask_width, mask_height), mask)) = futures::try_join!(image, mask)?;
+            if image.dimensions() != (mask_width, mask_height) {
+                return Err(JobFailure::permanent(
+                    ErrorCode::UndecodableImage,
+                    format!(
+                        "mask is {mask_width}x{mask_height} but image is {}x{}",
+                        image.width(),
+                        image.height()
+                    ),
+                ));
+            }
+            Some((image, mask))
+        }
+        None => None,
+    };
+    stage_ms(timings, metrics, "decode", t);
 
     for (field, side) in [("width", job.params.width), ("height", job.params.height)] {
         if let Some(side) = side
@@ -1051,6 +1068,7 @@ async fn execute(
         .instrument(tracing::info_span!("upload"))
         .await?;
     stage_ms(timings, metrics, "upload", t);
+    let t = Instant::now();
     result.timings_ms = timings.clone();
     let manifest_body = result
         .to_json()
@@ -1065,7 +1083,17 @@ async fn execute(
             },
         )
         .await?;
+    // In the published result (settle merges `timings`), not in the manifest it timed.
+    stage_ms(timings, metrics, "manifest", t);
     Ok(result)
+}
+
+/// The outcome of a decoding task.
+async fn decoding<T>(
+    task: tokio::task::JoinHandle<Result<T, JobFailure>>,
+) -> Result<T, JobFailure> {
+    task.await
+        .map_err(|e| JobFailure::internal(format!("decoding task: {e}")))?
 }
 
 /// The stored result of an earlier delivery, when its manifest and every output it lists exist.
