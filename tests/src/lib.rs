@@ -44,6 +44,7 @@ pub fn s3_config() -> StorageConfig {
             "INPAINT_TEST_S3_SECRET_ACCESS_KEY",
             DEV_SECRET_ACCESS_KEY,
         )),
+        ..S3Config::default()
     })
 }
 

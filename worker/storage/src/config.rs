@@ -32,7 +32,7 @@ impl Default for StorageConfig {
 /// `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`, ECS container credentials, then the EC2 instance
 /// role), never from job messages. `access_key_id`/`secret_access_key` here override that, for
 /// development stores only; prefer the environment in production.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Config {
     /// Endpoint URL, e.g. `http://127.0.0.1:3900`. None: AWS's endpoint for the region
@@ -49,4 +49,32 @@ pub struct S3Config {
     pub access_key_id: Option<String>,
     /// Static secret access key (development only).
     pub secret_access_key: Option<String>,
+    /// Retries of one request inside the client (connection refused, 5xx, timeouts) before the
+    /// error reaches the worker. Kept small: the worker's own retries go through the delay queue,
+    /// which frees the in-flight slot and survives a restart; long in-process retries (the
+    /// client's default is 10 over 3 minutes) would hold a job and its GPU slot hostage.
+    pub max_retries: usize,
+    /// Time budget for those retries, from the first attempt, in milliseconds.
+    pub retry_timeout_ms: u64,
+    /// Time allowed to open a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for a whole request, body included, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: None,
+            path_style: false,
+            allow_http: false,
+            access_key_id: None,
+            secret_access_key: None,
+            max_retries: 2,
+            retry_timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+        }
+    }
 }

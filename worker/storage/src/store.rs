@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
@@ -93,6 +94,32 @@ fn s3_client(s3: &S3Config, bucket: &str) -> Result<Arc<dyn ObjectStore>, Storag
             .with_access_key_id(id)
             .with_secret_access_key(secret);
     }
+    if s3.connect_timeout_ms == 0 || s3.request_timeout_ms == 0 {
+        return Err(StorageError::Config(
+            "connect_timeout_ms and request_timeout_ms must be above 0".into(),
+        ));
+    }
+    // Set key by key rather than with `with_client_options`, which would drop client settings
+    // that `from_env` read (a proxy, say).
+    let client_key = |key| object_store::aws::AmazonS3ConfigKey::Client(key);
+    builder = builder
+        .with_config(
+            client_key(object_store::ClientConfigKey::ConnectTimeout),
+            format!("{}ms", s3.connect_timeout_ms),
+        )
+        .with_config(
+            client_key(object_store::ClientConfigKey::Timeout),
+            format!("{}ms", s3.request_timeout_ms),
+        )
+        .with_retry(object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: s3.max_retries,
+            retry_timeout: Duration::from_millis(s3.retry_timeout_ms),
+        });
     let client = builder
         .build()
         .map_err(|e| StorageError::Config(e.to_string()))?;
@@ -281,6 +308,50 @@ mod tests {
         .expect("build");
         round_trip(&storage).await;
         assert!(dir.path().join("inputs/jobs/1/image.png").is_file());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_s3_endpoint_fails_fast_and_transient() {
+        // A port nothing listens on: connection refused, retried within the configured budget.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let storage = StorageConfig::S3(S3Config {
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            region: Some("garage".into()),
+            path_style: true,
+            allow_http: true,
+            access_key_id: Some("GK1".into()),
+            secret_access_key: Some("secret".into()),
+            max_retries: 1,
+            retry_timeout_ms: 1_000,
+            ..S3Config::default()
+        })
+        .build()
+        .expect("build");
+        let started = std::time::Instant::now();
+        let err = storage
+            .get(&obj("s3://inputs/jobs/1/image.png"), None)
+            .await
+            .expect_err("nothing listens there");
+        assert!(err.is_transient(), "{err:?}");
+        // The client's own default would retry for up to 3 minutes.
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+        let zero = StorageConfig::S3(S3Config {
+            request_timeout_ms: 0,
+            ..S3Config::default()
+        });
+        assert!(
+            zero.build()
+                .expect_err("zero timeout")
+                .to_string()
+                .contains("timeout")
+        );
     }
 
     #[test]
