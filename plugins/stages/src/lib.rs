@@ -16,6 +16,7 @@
 //!
 //! The compiler's exhaustive matches point at every place that needs the new variant.
 
+use inpaint_external_stages::{ExecStageConfig, HttpStageConfig};
 use inpaint_plugin_api::{Chain, ChainPolicyError, Stage, StageError, check_required_kinds};
 use inpaint_prompt_policy::PromptPolicyConfig;
 use inpaint_provenance::ProvenanceConfig;
@@ -51,6 +52,13 @@ pub enum StageConfig {
     /// type, OpenRAIL-M licence, job id, seed, parameters; the prompt only on request). Put it
     /// last, after the watermark.
     Provenance(ProvenanceConfig),
+    /// An operator's check behind an HTTP endpoint: each hook call is POSTed as JSON
+    /// (protocol `inpaint-stage.v1`, see `ops/plugins/README.md`) and the response is the
+    /// verdict. Timeouts, attempts with backoff, and `on_failure` (requeue or block).
+    Http(HttpStageConfig),
+    /// An operator's check as a long-lived subprocess speaking the same protocol as
+    /// line-delimited JSON on stdin/stdout; killed and restarted when it hangs or crashes.
+    Exec(ExecStageConfig),
 }
 
 impl StageConfig {
@@ -62,6 +70,8 @@ impl StageConfig {
             StageConfig::SafetyChecker(_) => "safety-checker",
             StageConfig::Watermark(_) => "watermark",
             StageConfig::Provenance(_) => "provenance",
+            StageConfig::Http(_) => "http",
+            StageConfig::Exec(_) => "exec",
         }
     }
 
@@ -84,6 +94,12 @@ impl StageConfig {
             )),
             #[cfg(feature = "safety-checker")]
             StageConfig::SafetyChecker(config) => Ok(Box::new(
+                config.build().map_err(|e| build_error(Box::new(e)))?,
+            )),
+            StageConfig::Http(config) => Ok(Box::new(
+                config.build().map_err(|e| build_error(Box::new(e)))?,
+            )),
+            StageConfig::Exec(config) => Ok(Box::new(
                 config.build().map_err(|e| build_error(Box::new(e)))?,
             )),
         }
@@ -110,6 +126,7 @@ pub fn build_chain(stages: &[StageConfig]) -> Result<Chain, StageError> {
 
 #[cfg(test)]
 mod tests {
+    use inpaint_external_stages::OnFailure;
     use inpaint_plugin_api::JobContext;
 
     use super::*;
@@ -160,6 +177,8 @@ files = ["local.toml"]
             StageConfig::PromptPolicy(PromptPolicyConfig::default()),
             StageConfig::Watermark(WatermarkConfig::default()),
             StageConfig::Provenance(ProvenanceConfig::default()),
+            StageConfig::Http(HttpStageConfig::default()),
+            StageConfig::Exec(ExecStageConfig::default()),
         ] {
             let json = serde_json::to_value(&config).expect("serialize");
             assert_eq!(json["type"], config.kind_name());
@@ -241,6 +260,117 @@ model_id = "sd-inpainting"
         assert!(
             err.to_string()
                 .starts_with("cannot build stage `provenance`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn http_stage_is_configured_and_built() {
+        let settings: Settings = toml::from_str(
+            r#"
+[[plugins]]
+type = "http"
+name = "word-filter"
+url = "http://127.0.0.1:8085/verdict"
+hooks = ["before-inference", "after-output"]
+send_input_image = true
+connect_timeout_ms = 500
+timeout_ms = 2000
+attempts = 3
+backoff_ms = 200
+on_failure = "block"
+headers = { "X-Team" = "trust-safety" }
+headers_from_env = { Authorization = "PATH" }
+max_response_bytes = 1048576
+"#,
+        )
+        .expect("valid settings");
+        let StageConfig::Http(config) = &settings.plugins[0] else {
+            panic!("expected an http stage");
+        };
+        assert_eq!(config.url, "http://127.0.0.1:8085/verdict");
+        assert_eq!(
+            config.hooks,
+            vec![
+                inpaint_plugin_api::Hook::BeforeInference,
+                inpaint_plugin_api::Hook::AfterOutput
+            ]
+        );
+        assert_eq!(config.on_failure, OnFailure::Block);
+        assert_eq!(config.headers_from_env["Authorization"], "PATH");
+        // Building makes the client; nothing is contacted until a job comes.
+        let chain = build_chain(&settings.plugins).expect("build");
+        assert_eq!(chain.names().collect::<Vec<_>>(), vec!["word-filter"]);
+        assert!(
+            check_required(&settings.plugins, false).is_err(),
+            "an external stage is no substitute for the required stages"
+        );
+
+        for typo in [
+            "urls = []",
+            "timeout = 5",
+            "on_failure = \"ignore\"",
+            "hooks = [\"after\"]",
+        ] {
+            let text = format!("[[plugins]]\ntype = \"http\"\nurl = \"http://x/\"\n{typo}\n");
+            assert!(toml::from_str::<Settings>(&text).is_err(), "{typo}");
+        }
+        let bad: Settings =
+            toml::from_str("[[plugins]]\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"\n")
+                .expect("parses");
+        let err = build_chain(&bad.plugins).expect_err("no hooks");
+        assert!(
+            err.to_string().starts_with("cannot build stage `http`")
+                && err.to_string().contains("`hooks` is empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn exec_stage_is_configured_and_built() {
+        let settings: Settings = toml::from_str(
+            r#"
+[[plugins]]
+type = "exec"
+name = "shell-check"
+program = "sh"
+args = ["-c", "while read -r line; do echo '{\"protocol\":\"inpaint-stage.v1\",\"verdict\":\"continue\"}'; done"]
+working_dir = "/"
+env = { POLICY_LEVEL = "strict" }
+pass_env = ["HOME"]
+hooks = ["before-inference"]
+timeout_ms = 2000
+startup_grace_ms = 3000
+attempts = 2
+backoff_ms = 100
+on_failure = "retry"
+max_response_bytes = 1048576
+"#,
+        )
+        .expect("valid settings");
+        let StageConfig::Exec(config) = &settings.plugins[0] else {
+            panic!("expected an exec stage");
+        };
+        assert_eq!(config.program, "sh");
+        assert_eq!(config.on_failure, OnFailure::Retry);
+        let chain = build_chain(&settings.plugins).expect("build starts the program");
+        assert_eq!(chain.names().collect::<Vec<_>>(), vec!["shell-check"]);
+        let outcome = chain
+            .before_inference(JobContext::new(uuid::Uuid::nil(), "a calm harbour at dawn"))
+            .expect("the program answers");
+        assert!(!outcome.is_blocked());
+
+        assert!(
+            toml::from_str::<Settings>("[[plugins]]\ntype = \"exec\"\ncommand = \"x\"\n").is_err()
+        );
+        let missing: Settings = toml::from_str(
+            "[[plugins]]\ntype = \"exec\"\nprogram = \"/nonexistent/check\"\nhooks = [\"after-output\"]\n",
+        )
+        .expect("parses");
+        let err = build_chain(&missing.plugins).expect_err("no such program");
+        assert!(
+            err.to_string()
+                .starts_with("cannot build stage `exec`: cannot start `/nonexistent/check`"),
             "{err}"
         );
     }
