@@ -43,6 +43,9 @@ pub enum ProvenanceError {
         /// The most the container takes.
         max: usize,
     },
+    /// C2PA signing could not be set up or failed (`c2pa` feature).
+    #[error("C2PA: {0}")]
+    C2pa(String),
     /// `weights_sha256` is not 64 hex digits.
     #[error("weights_sha256 must be 64 hex digits, got {0:?}")]
     BadSha256(String),

@@ -23,8 +23,12 @@
 //! - [`webp`](mod@webp): [`embed_webp`].
 //! - [`exif`](mod@exif): [`exif_tiff`], the EXIF summary JPEG and WebP carry.
 //! - [`xmp`](mod@xmp): [`xmp_packet`].
+//! - `c2pa_manifest` (cargo feature `c2pa`, off by default): `C2paConfig` and `C2paSigner`,
+//!   which sign an annotated file with a C2PA manifest, offline.
 //! - [`error`](mod@error): [`ProvenanceError`].
 
+#[cfg(feature = "c2pa")]
+pub mod c2pa_manifest;
 pub mod error;
 pub mod exif;
 pub mod jpeg;
@@ -33,6 +37,8 @@ pub mod stage;
 pub mod webp;
 pub mod xmp;
 
+#[cfg(feature = "c2pa")]
+pub use c2pa_manifest::{C2paAlgorithm, C2paConfig, C2paSigner, TrainingMiningUse, read_manifest};
 pub use error::ProvenanceError;
 pub use exif::{ExifImage, exif_tiff};
 pub use jpeg::embed_jpeg;
