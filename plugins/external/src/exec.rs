@@ -580,6 +580,19 @@ mod tests {
     }
 
     #[test]
+    fn toml_fills_defaults_and_refuses_unknown_keys() {
+        let config: ExecStageConfig =
+            toml::from_str("program = \"python3\"\nhooks = [\"before-inference\"]\n")
+                .expect("parses");
+        assert_eq!(config.attempts, 2);
+        assert_eq!(config.timeout_ms, 10_000);
+        assert_eq!(config.startup_grace_ms, 5_000);
+        assert_eq!(config.name, "exec");
+        assert!(toml::from_str::<ExecStageConfig>("program = \"x\"\ncommand = \"y\"\n").is_err());
+        assert!(toml::from_str::<ExecStageConfig>("hooks = [\"after\"]\n").is_err());
+    }
+
+    #[test]
     fn a_shell_loop_answers_and_keeps_running() {
         let stage = shell(CONTINUE, 1).build().expect("build");
         let pid = stage.process_id().expect("started at build");

@@ -396,6 +396,19 @@ mod tests {
     }
 
     #[test]
+    fn toml_fills_defaults_and_refuses_unknown_keys() {
+        let config: HttpStageConfig =
+            toml::from_str("url = \"http://127.0.0.1:8085/verdict\"\nhooks = [\"after-output\"]\n")
+                .expect("parses");
+        assert_eq!(config.hooks, vec![Hook::AfterOutput]);
+        assert_eq!(config.attempts, 3);
+        assert_eq!(config.on_failure, OnFailure::Retry);
+        assert_eq!(config.name, "http");
+        assert!(toml::from_str::<HttpStageConfig>("url = \"x\"\ntimeout = 5\n").is_err());
+        assert!(toml::from_str::<HttpStageConfig>("on_failure = \"ignore\"\n").is_err());
+    }
+
+    #[test]
     fn debug_shows_no_header_values_or_query() {
         // PATH is set in every test environment; its value stands in for a secret.
         let path = std::env::var("PATH").expect("PATH");

@@ -375,6 +375,25 @@ max_response_bytes = 1048576
         );
     }
 
+    #[test]
+    fn the_external_stage_examples_in_ops_plugins_readme_parse() {
+        let readme = include_str!("../../../ops/plugins/README.md");
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("```").next())
+            .collect();
+        let kinds: Vec<&str> = blocks
+            .iter()
+            .map(|block| {
+                let settings: Settings = toml::from_str(block)
+                    .unwrap_or_else(|e| panic!("README example does not parse: {e}\n{block}"));
+                settings.plugins[0].kind_name()
+            })
+            .collect();
+        assert_eq!(kinds, vec!["http", "exec"]);
+    }
+
     #[cfg(feature = "safety-checker")]
     #[test]
     fn safety_checker_stage_is_configured() {
