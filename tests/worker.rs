@@ -798,5 +798,11 @@ async fn submit_uploads_local_files_publishes_and_waits_for_the_result() {
     );
     // The results exchange got the same result as the reply_to queue.
     assert_eq!(world.next_result().await.job_id, Some(job_id));
+    // submit stamps the message, so the worker measured how long the job waited.
+    let metrics = worker.metrics.render();
+    assert!(
+        metrics.contains("inpaint_queue_wait_seconds_count 1\n"),
+        "{metrics}"
+    );
     worker.shutdown().await;
 }

@@ -13,7 +13,7 @@
 //! - [`images`]: decoding within limits, fitting to the output size, encoding.
 //! - [`store`]: [`store::ObjectStorage`], the object operations the runner needs.
 //! - [`cancel`]: cancel requests shared between the cancel consumer and running jobs.
-//! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`; [`gpu`]: GPU memory via NVML.
 //! - [`submit`]: `inpaint-worker submit`, publishing a job from the command line.
 //! - [`inpaint_cli`]: `inpaint-worker inpaint`, one job on local files through the same
 //!   engine code path and plugin chain, without a broker.
@@ -23,6 +23,7 @@
 
 pub mod cancel;
 pub mod error;
+pub mod gpu;
 pub mod http;
 pub mod images;
 pub mod inference;

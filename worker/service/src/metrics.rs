@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use inpaint_job::JobStatus;
 
+use crate::gpu::{self, GpuMemory};
+
 /// Upper bounds of the latency histograms, in seconds.
 pub const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -74,6 +76,10 @@ pub struct Metrics {
     pub job_seconds: Histogram,
     /// Latency per stage (download, plugins, inference, upload).
     pub stages: Mutex<BTreeMap<String, std::sync::Arc<Histogram>>>,
+    /// Time from the producer's timestamp to the worker picking the job up (retries included).
+    pub queue_wait_seconds: Histogram,
+    /// GPU memory, sampled at each scrape; set when the engine runs on CUDA and NVML opens.
+    pub gpu: std::sync::OnceLock<GpuMemory>,
 }
 
 impl Metrics {
@@ -143,6 +149,9 @@ impl Metrics {
         }
         out.push_str("# HELP inpaint_job_seconds Time from delivery to settlement.\n# TYPE inpaint_job_seconds histogram\n");
         self.job_seconds.render(&mut out, "inpaint_job_seconds", "");
+        out.push_str("# HELP inpaint_queue_wait_seconds From the producer's timestamp (AMQP timestamp property or timestamp_in_ms header) to pick-up, retries included.\n# TYPE inpaint_queue_wait_seconds histogram\n");
+        self.queue_wait_seconds
+            .render(&mut out, "inpaint_queue_wait_seconds", "");
         out.push_str("# HELP inpaint_stage_seconds Latency per stage.\n# TYPE inpaint_stage_seconds histogram\n");
         for (stage, histogram) in self.stages.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             histogram.render(
@@ -150,6 +159,9 @@ impl Metrics {
                 "inpaint_stage_seconds",
                 &format!("stage=\"{stage}\""),
             );
+        }
+        if let Some(gpu) = self.gpu.get() {
+            gpu::render(&gpu.sample(), &mut out);
         }
         out
     }

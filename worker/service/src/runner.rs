@@ -33,12 +33,15 @@ use tracing::Instrument;
 
 use crate::cancel::Cancellations;
 use crate::error::{Action, JobFailure, action_for};
+use crate::gpu::GpuMemory;
 use crate::images;
 use crate::inference::{InferenceRequest, InferenceThread, PassThrough, TchEngine, hex};
 use crate::metrics::Metrics;
 use crate::settings::{EngineBackend, Settings};
 use crate::store::ObjectStorage;
-use crate::topology::{self, ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, ERROR_HEADER};
+use crate::topology::{
+    self, ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, ERROR_HEADER, TIMESTAMP_MS_HEADER,
+};
 
 /// The licence written into every output's metadata.
 pub const LICENCE: &str = "CreativeML OpenRAIL-M";
@@ -114,13 +117,33 @@ impl Parts {
             }
         };
         let chain = Arc::new(inpaint_stages::build_chain(&settings.chain.stages)?);
+        let metrics = Arc::new(Metrics::default());
+        if engine_on_cuda(settings) {
+            match GpuMemory::open() {
+                Ok(gpu) => {
+                    let _ = metrics.gpu.set(gpu);
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "NVML unavailable: /metrics reports no GPU memory")
+                }
+            }
+        }
         Ok(Self {
             storage,
             inference,
             chain,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
         })
     }
+}
+
+/// Whether the libtorch engine runs on a GPU here (what `auto` resolves to included).
+fn engine_on_cuda(settings: &Settings) -> bool {
+    settings.engine.backend == EngineBackend::Tch
+        && matches!(
+            settings.engine.device.resolve(),
+            Ok(inpaint_engine::tch::Device::Cuda(_))
+        )
 }
 
 /// Runs the worker until `shutdown` completes: builds its parts from `settings`, then
@@ -369,6 +392,20 @@ pub fn attempt_of(properties: &BasicProperties) -> u32 {
     retries.saturating_add(redeliveries)
 }
 
+/// How long a job waited between its producer and this pick-up: from the `timestamp_in_ms`
+/// header, else the AMQP `timestamp` property (whole seconds); `None` when the producer set
+/// neither. A producer clock ahead of ours counts as no wait.
+pub fn queue_wait(properties: &BasicProperties, now_ms: i64) -> Option<Duration> {
+    let sent_ms = topology::header_i64(properties.headers().as_ref(), TIMESTAMP_MS_HEADER)
+        .or_else(|| {
+            properties
+                .timestamp()
+                .and_then(|seconds| i64::try_from(seconds).ok()?.checked_mul(1_000))
+        })?;
+    let waited = now_ms.saturating_sub(sent_ms).max(0);
+    Some(Duration::from_millis(u64::try_from(waited).unwrap_or(0)))
+}
+
 /// Handles one delivery from start to settlement.
 async fn handle(
     shared: Arc<Shared>,
@@ -377,6 +414,13 @@ async fn handle(
     stop: Arc<AtomicBool>,
 ) {
     let attempt = attempt_of(&delivery.properties);
+    if let Some(waited) = queue_wait(&delivery.properties, Utc::now().timestamp_millis()) {
+        shared
+            .parts
+            .metrics
+            .queue_wait_seconds
+            .observe(waited.as_secs_f64());
+    }
     let job = InpaintJob::from_json(&delivery.data);
     let job_id = match &job {
         Ok(job) => Some(job.job_id),
@@ -1194,6 +1238,27 @@ mod tests {
         );
         h.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(2));
         assert_eq!(attempt_of(&BasicProperties::default().with_headers(h)), 5);
+    }
+
+    #[test]
+    fn queue_wait_prefers_the_millisecond_header() {
+        let now = 1_700_000_010_500_i64;
+        assert_eq!(queue_wait(&BasicProperties::default(), now), None);
+        let seconds = BasicProperties::default().with_timestamp(1_700_000_000);
+        assert_eq!(
+            queue_wait(&seconds, now),
+            Some(Duration::from_millis(10_500))
+        );
+        let mut headers = FieldTable::default();
+        headers.insert(
+            TIMESTAMP_MS_HEADER.into(),
+            AMQPValue::LongLongInt(1_700_000_010_000),
+        );
+        let millis = seconds.with_headers(headers);
+        assert_eq!(queue_wait(&millis, now), Some(Duration::from_millis(500)));
+        // A producer clock ahead of the worker's: no negative waits.
+        let ahead = BasicProperties::default().with_timestamp(1_800_000_000);
+        assert_eq!(queue_wait(&ahead, now), Some(Duration::ZERO));
     }
 
     #[test]

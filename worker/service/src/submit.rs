@@ -112,10 +112,19 @@ pub async fn submit(
 
     let broker = settings.broker.connect().await?;
     let publisher = broker.publisher().await?;
+    // Both timestamps, so the worker's queue-wait metric has millisecond resolution.
+    let now = chrono::Utc::now();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        crate::topology::TIMESTAMP_MS_HEADER.into(),
+        inpaint_queue::lapin::types::AMQPValue::LongLongInt(now.timestamp_millis()),
+    );
     let mut properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
-        .with_message_id(job_id.to_string().into());
+        .with_message_id(job_id.to_string().into())
+        .with_timestamp(u64::try_from(now.timestamp()).unwrap_or(0))
+        .with_headers(headers);
     let mut consumer = None;
     if request.wait.is_some() {
         let queue = publisher

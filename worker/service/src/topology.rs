@@ -31,6 +31,10 @@ pub const ATTEMPT_HEADER: &str = "x-inpaint-attempt";
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Header naming the error behind a dead-lettered or retried message (for operators).
 pub const ERROR_HEADER: &str = "x-inpaint-error";
+/// When the producer sent the job, in Unix milliseconds: the header RabbitMQ's
+/// message-timestamp plugin sets, and `inpaint-worker submit` too. Finer than the AMQP
+/// `timestamp` property (whole seconds), which is the fallback for the queue-wait metric.
+pub const TIMESTAMP_MS_HEADER: &str = "timestamp_in_ms";
 /// Queue argument: the queue type.
 pub const QUEUE_TYPE_ARG: &str = "x-queue-type";
 /// Queue argument: deliveries before a quorum queue dead-letters a message.
@@ -287,6 +291,11 @@ fn quorum() -> FieldTable {
 
 /// Reads a non-negative integer header, whatever integer type the sender used.
 pub fn header_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
+    u32::try_from(header_i64(headers, name)?).ok()
+}
+
+/// An integer header, whatever integer type (or decimal string) the producer used.
+pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
     let value = headers?.inner().get(name)?;
     let n: i64 = match value {
         AMQPValue::ShortShortInt(v) => i64::from(*v),
@@ -297,9 +306,10 @@ pub fn header_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
         AMQPValue::LongUInt(v) => i64::from(*v),
         AMQPValue::LongLongInt(v) => *v,
         AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok()?,
+        AMQPValue::Timestamp(v) => i64::try_from(*v).ok()?,
         _ => return None,
     };
-    u32::try_from(n).ok()
+    Some(n)
 }
 
 #[cfg(test)]
