@@ -31,6 +31,9 @@ pub enum ExternalError {
         #[source]
         source: std::io::Error,
     },
+    /// The request could not be encoded (an image that does not encode as PNG).
+    #[error("cannot encode the request: {0}")]
+    Request(String),
     /// The program answered, but not in the protocol (`inpaint-stage.v1`).
     #[error("malformed response: {0}")]
     Malformed(String),

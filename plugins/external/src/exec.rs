@@ -446,7 +446,15 @@ impl fmt::Debug for ExecStage {
             .field("program", &self.launch.program)
             .field("args", &self.launch.args)
             .field("env", &self.launch.env.keys().collect::<Vec<_>>())
-            .field("pid", &self.process_id())
+            // try_lock: a call in progress on another thread must not block a log line.
+            .field(
+                "pid",
+                &self
+                    .child
+                    .try_lock()
+                    .ok()
+                    .and_then(|slot| slot.as_ref().map(|running| running.process.id())),
+            )
             .field("attempts", &self.common.attempts)
             .field("on_failure", &self.common.on_failure)
             .finish_non_exhaustive()
@@ -490,9 +498,12 @@ impl ExecStage {
                             self.launch.program
                         ))
                     })?;
-                    if attempt > 1 {
-                        tracing::info!(stage = %self.common.name, attempt, "external program restarted");
-                    }
+                    tracing::info!(
+                        stage = %self.common.name,
+                        attempt,
+                        pid = running.process.id(),
+                        "external program restarted"
+                    );
                     slot.insert(running)
                 }
             };

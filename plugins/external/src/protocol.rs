@@ -210,8 +210,7 @@ pub(crate) fn after_output<'a>(
 
 fn to_json(request: &WireRequest<'_>) -> Result<Vec<u8>, ExternalError> {
     // Compact serde_json output escapes every control character, so the request is one line.
-    serde_json::to_vec(request)
-        .map_err(|e| ExternalError::Config(format!("cannot serialize the request: {e}")))
+    serde_json::to_vec(request).map_err(|e| ExternalError::Request(e.to_string()))
 }
 
 /// PNG-encodes an image (fast compression: it is decoded again a few milliseconds later).
@@ -223,7 +222,7 @@ fn png_base64(image: &RgbImage) -> Result<String, ExternalError> {
             CompressionType::Fast,
             FilterType::Adaptive,
         ))
-        .map_err(|e| ExternalError::Config(format!("cannot encode the image as PNG: {e}")))?;
+        .map_err(|e| ExternalError::Request(format!("PNG: {e}")))?;
     Ok(BASE64.encode(png))
 }
 

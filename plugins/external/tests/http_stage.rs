@@ -407,3 +407,19 @@ fn nothing_listening_is_unavailable() {
         "{verdict:?}"
     );
 }
+
+#[test]
+fn a_body_over_the_limit_is_refused() {
+    let server = double(&[]);
+    let stage = HttpStageConfig {
+        attempts: 3,
+        max_response_bytes: 20,
+        ..config(&server.url, &[Hook::BeforeInference])
+    }
+    .build()
+    .expect("build");
+    let err = stage.before_inference(&ctx("x")).expect_err("too large");
+    assert!(matches!(err, StageError::Contract(_)), "{err}");
+    assert!(err.to_string().contains("max_response_bytes"), "{err}");
+    assert_eq!(server.count(), 1, "not retried");
+}
