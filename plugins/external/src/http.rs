@@ -498,8 +498,14 @@ mod tests {
 
     #[test]
     fn hooks_not_configured_are_not_called() {
-        // Nothing listens on port 9 (discard): a call would fail.
-        let stage = config("http://127.0.0.1:9/").build().expect("build");
+        // A port that was just free: nothing listens there, so a call would fail.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let stage = config(&format!("http://127.0.0.1:{port}/"))
+            .build()
+            .expect("build");
         let ctx = JobContext::new(Uuid::nil(), "x");
         let image = OutputImage::new(0, 0, image::RgbImage::new(1, 1));
         assert_eq!(
