@@ -231,8 +231,22 @@ fn worker_bin() -> PathBuf {
     bin
 }
 
+/// A worker process, killed when dropped, so that a failing test leaves none behind.
+struct WorkerProcess(Child);
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A worker process on `settings`, written to a TOML file in `dir`.
-fn spawn_worker(settings: &inpaint_worker::Settings, dir: &std::path::Path, name: &str) -> Child {
+fn spawn_worker(
+    settings: &inpaint_worker::Settings,
+    dir: &std::path::Path,
+    name: &str,
+) -> WorkerProcess {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string(settings).expect("settings as TOML")).expect("config");
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
@@ -242,6 +256,7 @@ fn spawn_worker(settings: &inpaint_worker::Settings, dir: &std::path::Path, name
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(WorkerProcess)
         .expect("inpaint-worker starts")
 }
 
@@ -283,10 +298,10 @@ async fn a_worker_process_killed_mid_job_loses_nothing() {
     assert!(progress.step < progress.total, "{progress:?}");
 
     // SIGKILL: no shutdown hook, no nack; the broker sees the connection drop.
-    doomed.kill().expect("SIGKILL");
-    let status = doomed.wait().expect("reaped");
+    doomed.0.kill().expect("SIGKILL");
+    let status = doomed.0.wait().expect("reaped");
     assert!(!status.success(), "killed, not exited: {status:?}");
-    let mut survivor = spawn_worker(&world.settings, dir.path(), "survivor");
+    let survivor = spawn_worker(&world.settings, dir.path(), "survivor");
 
     let dir = dir.keep(); // the logs stay for a failing run
     // A bound, not a timing: 40 tiny steps take about a second on an idle machine, minutes on a
@@ -296,10 +311,7 @@ async fn a_worker_process_killed_mid_job_loses_nothing() {
         world.next_result_within(Duration::from_secs(600)),
     )
     .await
-    .unwrap_or_else(|_| {
-        let _ = survivor.kill();
-        panic!("no result after the kill; logs in {}", dir.display())
-    });
+    .unwrap_or_else(|_| panic!("no result after the kill; logs in {}", dir.display()));
     assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
     assert_eq!(result.job_id, Some(job_id(&job)));
     assert_eq!(
@@ -308,16 +320,19 @@ async fn a_worker_process_killed_mid_job_loses_nothing() {
     );
     assert_outputs_exist(&world, &result).await;
     // SIGTERM: the survivor drains and exits 0.
-    let pid = survivor.id().to_string();
+    let pid = survivor.0.id().to_string();
     let term = Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .expect("kill -TERM");
     assert!(term.success());
-    let status = tokio::task::spawn_blocking(move || survivor.wait())
-        .await
-        .expect("wait task")
-        .expect("survivor exits");
+    let status = tokio::task::spawn_blocking(move || {
+        let mut survivor = survivor;
+        survivor.0.wait()
+    })
+    .await
+    .expect("wait task")
+    .expect("survivor exits");
     assert!(status.success(), "graceful exit 0 on SIGTERM: {status:?}");
     world
         .wait_for_count(&world.settings.topology.jobs_queue, 0)
