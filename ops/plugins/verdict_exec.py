@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Example verdict program for inpaint-worker's exec stage (protocol inpaint-stage.v1).
 
-    [[plugins]]
+    [[chain.stages]]
     type = "exec"
     program = "python3"
     args = ["ops/plugins/verdict_exec.py", "--block-word", "forbidden"]

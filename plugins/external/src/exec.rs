@@ -55,10 +55,10 @@ const MAX_STDERR_LINE: u64 = 16 * 1024;
 /// status in the message) before it is killed.
 const EXIT_GRACE: Duration = Duration::from_millis(200);
 
-/// Configuration of an exec stage (`type = "exec"` in `[[plugins]]`):
+/// Configuration of an exec stage (`type = "exec"` in `[[chain.stages]]`):
 ///
 /// ```toml
-/// [[plugins]]
+/// [[chain.stages]]
 /// type = "exec"
 /// name = "word-filter"
 /// program = "python3"

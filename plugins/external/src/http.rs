@@ -38,10 +38,10 @@ const RESERVED_HEADERS: [&str; 4] = [
     "host",
 ];
 
-/// Configuration of an HTTP stage (`type = "http"` in `[[plugins]]`):
+/// Configuration of an HTTP stage (`type = "http"` in `[[chain.stages]]`):
 ///
 /// ```toml
-/// [[plugins]]
+/// [[chain.stages]]
 /// type = "http"
 /// name = "word-filter"                       # stage name in logs, audit and metadata
 /// url = "http://127.0.0.1:8085/verdict"

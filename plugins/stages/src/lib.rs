@@ -30,7 +30,7 @@ pub use inpaint_plugin_api::REQUIRED_STAGE_KINDS;
 /// One configured stage of the plugin chain, tagged by `type`:
 ///
 /// ```toml
-/// [[plugins]]
+/// [[chain.stages]]
 /// type = "prompt-policy"
 /// load_defaults = true
 /// files = []
@@ -377,6 +377,15 @@ max_response_bytes = 1048576
 
     #[test]
     fn the_external_stage_examples_in_ops_plugins_readme_parse() {
+        // The worker's configuration nests the stages under `[[chain.stages]]`.
+        #[derive(Debug, Deserialize)]
+        struct Chain {
+            stages: Vec<StageConfig>,
+        }
+        #[derive(Debug, Deserialize)]
+        struct WorkerSettings {
+            chain: Chain,
+        }
         let readme = include_str!("../../../ops/plugins/README.md");
         let blocks: Vec<&str> = readme
             .split("```toml\n")
@@ -386,9 +395,9 @@ max_response_bytes = 1048576
         let kinds: Vec<&str> = blocks
             .iter()
             .map(|block| {
-                let settings: Settings = toml::from_str(block)
+                let settings: WorkerSettings = toml::from_str(block)
                     .unwrap_or_else(|e| panic!("README example does not parse: {e}\n{block}"));
-                settings.plugins[0].kind_name()
+                settings.chain.stages[0].kind_name()
             })
             .collect();
         assert_eq!(kinds, vec!["http", "exec"]);
