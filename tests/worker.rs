@@ -806,3 +806,111 @@ async fn submit_uploads_local_files_publishes_and_waits_for_the_result() {
     );
     worker.shutdown().await;
 }
+
+/// A stage configuration as an operator writes it in `[[chain.stages]]`.
+fn stage(toml_text: &str) -> inpaint_stages::StageConfig {
+    toml::from_str(toml_text).unwrap_or_else(|e| panic!("stage config: {e}\n{toml_text}"))
+}
+
+fn repo_path(relative: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+        .display()
+        .to_string()
+}
+
+#[tokio::test]
+async fn an_external_exec_stage_blocks_and_passes_jobs_through_the_worker() {
+    let script = repo_path("ops/plugins/verdict_exec.py");
+    let mut world = World::with(|s| {
+        s.chain.stages = vec![stage(&format!(
+            r#"
+type = "exec"
+name = "word-filter"
+program = "python3"
+args = ["{script}", "--block-word", "forbidden"]
+hooks = ["before-inference", "after-output"]
+"#
+        ))];
+    })
+    .await;
+    let worker = world.start(PassThrough::default()).await;
+    let (image, mask) = world.inputs().await;
+
+    let mut blocked = world.job(&image, &mask);
+    blocked["prompt"] = "a forbidden door in a garden".into();
+    world.publish(&blocked).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Blocked, "{result:?}");
+    let block = result.block.expect("block");
+    assert_eq!(block.stage, "word-filter");
+    assert_eq!(block.category, "operator_blocklist");
+    assert!(result.outputs.is_empty());
+    assert_eq!(worker.calls.load(Ordering::SeqCst), 0, "no inference");
+    world
+        .wait_for_count(&world.settings.topology.dead_letter_queue, 1)
+        .await;
+
+    // An ordinary prompt passes both hooks (after output the example reports brightness).
+    let passed = world.job(&image, &mask);
+    world.publish(&passed).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    assert_eq!(result.job_id, Some(job_id(&passed)));
+    assert_outputs_exist(&world, &result).await;
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hanging_exec_stage_is_retried_then_fails_or_blocks_as_configured() {
+    // A real program that never answers.
+    let hang = |on_failure: &str| {
+        stage(&format!(
+            r#"
+type = "exec"
+name = "hangs"
+program = "python3"
+args = ["-c", "import time; time.sleep(600)"]
+hooks = ["before-inference"]
+timeout_ms = 300
+startup_grace_ms = 100
+attempts = 1
+on_failure = "{on_failure}"
+"#
+        ))
+    };
+    let mut world = World::with(|s| s.chain.stages = vec![hang("retry")]).await;
+    let worker = world.start(PassThrough::default()).await;
+    let (image, mask) = world.inputs().await;
+    let job = world.job(&image, &mask);
+    world.publish(&job).await;
+    // Retryable: every attempt times out, then a failed result and the dead-letter queue.
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Failed, "{result:?}");
+    assert_eq!(result.attempt, world.settings.retry.max_attempts);
+    let error = result.error.expect("error");
+    assert_eq!(error.code, ErrorCode::Timeout, "{error:?}");
+    assert!(error.retryable);
+    assert_eq!(
+        worker.metrics.retries.load(Ordering::SeqCst),
+        u64::from(world.settings.retry.max_attempts - 1)
+    );
+    world
+        .wait_for_count(&world.settings.topology.dead_letter_queue, 1)
+        .await;
+    worker.shutdown().await;
+
+    // The same program with on_failure = "block": blocked at once, fail closed.
+    let mut world = World::with(|s| s.chain.stages = vec![hang("block")]).await;
+    let worker = world.start(PassThrough::default()).await;
+    let (image, mask) = world.inputs().await;
+    world.publish(&world.job(&image, &mask)).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Blocked, "{result:?}");
+    assert_eq!(result.attempt, 1);
+    let block = result.block.expect("block");
+    assert_eq!(block.category, "external_stage_unavailable");
+    assert_eq!(worker.calls.load(Ordering::SeqCst), 0);
+    worker.shutdown().await;
+}
