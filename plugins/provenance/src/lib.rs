@@ -37,6 +37,10 @@ pub mod stage;
 pub mod webp;
 pub mod xmp;
 
+/// The verdict of a [`read_manifest`] reader (`reader.validation_state()`), re-exported so
+/// that callers check it against the c2pa version this crate links, without depending on it.
+#[cfg(feature = "c2pa")]
+pub use ::c2pa::ValidationState as C2paValidationState;
 #[cfg(feature = "c2pa")]
 pub use c2pa_manifest::{C2paAlgorithm, C2paConfig, C2paSigner, TrainingMiningUse, read_manifest};
 pub use error::ProvenanceError;
