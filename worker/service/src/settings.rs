@@ -1,5 +1,10 @@
 //! [`Settings`]: everything `inpaint-worker run` is configured with, as plain serde data, loaded
 //! from a TOML file plus `INPAINT__SECTION__KEY` environment overrides and checked at start-up.
+//!
+//! The `[c2pa]` section exists in every build so that a build without the `c2pa` cargo feature
+//! refuses it at start-up ([`NO_C2PA_SUPPORT`]) instead of ignoring it and publishing unsigned
+//! outputs: with the feature it is `inpaint_provenance::C2paConfig`, checked by serde;
+//! without, any table, refused by [`Settings::validate`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +20,21 @@ use crate::topology::TopologyConfig;
 
 /// The value of `engine.model` that names the tiny test model shipped in the repository.
 pub const EMBEDDED_TINY: &str = "embedded-tiny";
+
+/// Why a `[c2pa]` section is refused by a build without the `c2pa` cargo feature.
+pub const NO_C2PA_SUPPORT: &str =
+    "this build has no C2PA support: rebuild with --features c2pa, or remove the section";
+
+/// The `[c2pa]` section: C2PA signing of every output (paths of a PEM certificate chain and a
+/// PKCS#8 key, never key material; algorithm; training-and-mining statement).
+#[cfg(feature = "c2pa")]
+pub type C2paSettings = inpaint_provenance::C2paConfig;
+
+/// The `[c2pa]` section in a build without the `c2pa` feature: any table, so that
+/// [`Settings::validate`] can refuse it with [`NO_C2PA_SUPPORT`] rather than serde reporting
+/// an unknown field (or, worse, nothing).
+#[cfg(not(feature = "c2pa"))]
+pub type C2paSettings = serde_json::Value;
 
 /// The worker's whole configuration. Every section and key has a default; see
 /// `ops/worker.example.toml` for a file that sets each one.
@@ -45,6 +65,10 @@ pub struct Settings {
     pub http: HttpConfig,
     /// Log output.
     pub logging: LoggingConfig,
+    /// C2PA signing of every output; None (no section): outputs are not signed. Needs the
+    /// `c2pa` cargo feature and a `provenance` stage in the chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2pa: Option<C2paSettings>,
 }
 
 /// Allow-lists. A job naming any other bucket (or a key outside the prefixes) is `rejected`
@@ -408,6 +432,74 @@ impl Settings {
         }
         inpaint_stages::check_required(&self.chain.stages, self.chain.allow_unsafe_chain)
             .map_err(|e| invalid("chain.stages", e.to_string()))?;
+        if let Some(c2pa) = &self.c2pa {
+            self.validate_c2pa(c2pa)?;
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "c2pa"))]
+    fn validate_c2pa(&self, _: &C2paSettings) -> Result<(), SettingsError> {
+        Err(invalid("c2pa", NO_C2PA_SUPPORT))
+    }
+
+    /// What can be checked without reading files; the credentials themselves are checked by
+    /// [`crate::images::Signer::build`], which signs a test image with them.
+    #[cfg(feature = "c2pa")]
+    fn validate_c2pa(&self, c2pa: &C2paSettings) -> Result<(), SettingsError> {
+        for (key, path, what) in [
+            (
+                "c2pa.cert_chain",
+                &c2pa.cert_chain,
+                "the PEM file with the signing certificate, then its intermediates",
+            ),
+            (
+                "c2pa.private_key",
+                &c2pa.private_key,
+                "the PEM file with the signing key (PKCS#8)",
+            ),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(key, format!("must name {what}")));
+            }
+            // Key material pasted into the configuration would end up in config maps, process
+            // environments and logs of the settings; only a path to a protected file is taken.
+            if path.to_string_lossy().contains("-----BEGIN") {
+                return Err(invalid(
+                    key,
+                    format!("must be a path to {what}, not PEM text"),
+                ));
+            }
+        }
+        if c2pa.tsa_url.is_some() {
+            return Err(invalid(
+                "c2pa.tsa_url",
+                "must stay unset: signing is offline and this build has no HTTP client to reach \
+                 a time-stamp authority",
+            ));
+        }
+        if c2pa.training_mining_constraint.is_some()
+            && c2pa.training_mining != inpaint_provenance::TrainingMiningUse::Constrained
+        {
+            return Err(invalid(
+                "c2pa.training_mining_constraint",
+                "is only written with training_mining = \"constrained\"",
+            ));
+        }
+        // The manifest's digital source type and software agent come from the provenance
+        // stage's record: without the stage every job would fail at signing.
+        if !self
+            .chain
+            .stages
+            .iter()
+            .any(|stage| matches!(stage, StageConfig::Provenance(_)))
+        {
+            return Err(invalid(
+                "c2pa",
+                "signing needs a `provenance` stage in chain.stages (the manifest describes \
+                 its record)",
+            ));
+        }
         Ok(())
     }
 
@@ -529,6 +621,118 @@ mod tests {
         std::fs::write(&file, "").expect("write");
         let err = Settings::load_from(Some(&file), Some(env)).expect_err("not a number");
         assert!(err.to_string().contains("max_attempts"), "{err}");
+    }
+
+    /// A file that would be valid but for its `[c2pa]` section.
+    const WITH_C2PA: &str = "[allow]\nread_buckets = [\"inputs\"]\nwrite_buckets = [\"outputs\"]\n\
+        [chain]\nallow_unsafe_chain = true\n[[chain.stages]]\ntype = \"provenance\"\n\
+        [c2pa]\ncert_chain = \"/etc/c2pa/chain.pem\"\nprivate_key = \"/etc/c2pa/signer.key\"\n";
+
+    fn load_toml(text: &str, env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("w.toml");
+        std::fs::write(&file, text).expect("write");
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::load_from(Some(&file), Some(env))
+    }
+
+    #[cfg(not(feature = "c2pa"))]
+    #[test]
+    fn a_c2pa_section_is_refused_without_the_feature() {
+        let refused = |result: Result<Settings, SettingsError>| match result {
+            Err(SettingsError::Invalid { key, message }) => {
+                assert_eq!(key, "c2pa");
+                assert!(
+                    message.contains("rebuild with --features c2pa"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected the c2pa section to be refused, got {other:?}"),
+        };
+        refused(load_toml(WITH_C2PA, &[]));
+        // An empty section, and a section made only of environment overrides, too.
+        let without = WITH_C2PA.split("[c2pa]").next().expect("head");
+        refused(load_toml(&format!("{without}[c2pa]\n"), &[]));
+        refused(load_toml(
+            without,
+            &[("INPAINT__C2PA__CERT_CHAIN", "/etc/c2pa/chain.pem")],
+        ));
+        load_toml(without, &[]).expect("no section, no refusal");
+    }
+
+    #[cfg(feature = "c2pa")]
+    #[test]
+    fn the_c2pa_section_parses_and_each_rule_names_its_key() {
+        use inpaint_provenance::{C2paAlgorithm, TrainingMiningUse};
+
+        let s = load_toml(
+            &format!("{WITH_C2PA}algorithm = \"es384\"\ntraining_mining = \"notAllowed\"\n"),
+            &[],
+        )
+        .expect("loads");
+        let c2pa = s.c2pa.clone().expect("section");
+        assert_eq!(c2pa.cert_chain, Path::new("/etc/c2pa/chain.pem"));
+        assert_eq!(c2pa.algorithm, C2paAlgorithm::Es384);
+        assert_eq!(c2pa.training_mining, TrainingMiningUse::NotAllowed);
+        let err = load_toml(&format!("{WITH_C2PA}alg = \"es256\"\n"), &[]).expect_err("typo");
+        assert!(err.to_string().contains("alg"), "{err}");
+
+        type Mutation = fn(&mut Settings);
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("c2pa.cert_chain", |s| {
+                if let Some(c) = &mut s.c2pa {
+                    c.cert_chain = PathBuf::new();
+                }
+            }),
+            ("c2pa.private_key", |s| {
+                if let Some(c) = &mut s.c2pa {
+                    c.private_key = "-----BEGIN PRIVATE KEY-----\nMIGH...".into();
+                }
+            }),
+            ("c2pa.tsa_url", |s| {
+                if let Some(c) = &mut s.c2pa {
+                    c.tsa_url = Some("http://timestamp.example".into());
+                }
+            }),
+            ("c2pa.training_mining_constraint", |s| {
+                if let Some(c) = &mut s.c2pa {
+                    c.training_mining = TrainingMiningUse::Allowed;
+                    c.training_mining_constraint = Some("ask first".into());
+                }
+            }),
+            ("c2pa", |s| s.chain.stages.clear()),
+        ];
+        for (key, mutate) in cases {
+            let mut settings = s.clone();
+            mutate(&mut settings);
+            assert_eq!(key_of(&settings), key);
+        }
+    }
+
+    /// The example file documents `[c2pa]` commented out (the default build refuses it);
+    /// uncommented, its keys must be the real ones.
+    #[cfg(feature = "c2pa")]
+    #[test]
+    fn the_example_c2pa_block_parses_when_uncommented() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/worker.example.toml");
+        let text = std::fs::read_to_string(file).expect("example");
+        let block: String = text
+            .lines()
+            .skip_while(|line| *line != "# [c2pa]")
+            .skip(1)
+            .map_while(|line| line.strip_prefix("# "))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(block.contains("cert_chain"), "no [c2pa] block found");
+        let config: C2paSettings = toml::from_str(&block).expect("the documented keys parse");
+        assert_eq!(
+            config.private_key,
+            Path::new("/etc/inpaint/c2pa/signer.key")
+        );
+        assert_eq!(config.tsa_url, None);
     }
 
     #[test]
