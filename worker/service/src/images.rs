@@ -1,5 +1,6 @@
 //! Image handling around inference: decoding inputs within limits (pixel count read from the
-//! header before any decoding) and encoding outputs. Output sizes, crop-to-mask and compositing
+//! header before any decoding), encoding outputs with their provenance, and signing them with
+//! a C2PA manifest when configured ([`Signer`]). Output sizes, crop-to-mask and compositing
 //! are the engine's (`inpaint_engine::job`).
 
 use std::io::Cursor;
@@ -11,6 +12,7 @@ use image::{ImageEncoder, ImageReader, RgbImage};
 use inpaint_job::{ErrorCode, OutputFormat};
 
 use crate::error::JobFailure;
+use crate::settings::{Settings, SettingsError};
 
 /// Decodes an image, refusing one with more than `max_pixels` pixels from its header alone.
 pub fn decode_rgb(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage, JobFailure> {
@@ -109,6 +111,103 @@ pub fn encode(
     };
     embedded
         .map_err(|e| JobFailure::internal(format!("writing provenance into the {container}: {e}")))
+}
+
+/// Signs encoded outputs with a C2PA manifest when the `[c2pa]` section is configured, and
+/// passes them through unchanged otherwise. Built once at start-up by [`Signer::build`];
+/// cloning shares the credentials (an `Arc`), so every upload gets a handle.
+#[derive(Clone, Debug, Default)]
+pub struct Signer {
+    #[cfg(feature = "c2pa")]
+    c2pa: Option<std::sync::Arc<inpaint_provenance::C2paSigner>>,
+}
+
+impl Signer {
+    /// Reads the credentials named in `settings.c2pa` and signs and validates a test image
+    /// with them, so that a missing file, a CA certificate, a mismatched key or a wrong
+    /// algorithm stops the worker at start-up, naming the key. No section: a signer that
+    /// passes outputs through. Blocking (file reads, one signature, tens of milliseconds).
+    pub fn build(settings: &Settings) -> Result<Self, SettingsError> {
+        #[cfg(feature = "c2pa")]
+        {
+            let Some(config) = &settings.c2pa else {
+                return Ok(Self::default());
+            };
+            // The provenance crate reads the files too; opening them here first lets the
+            // message name the key that points at a missing or unreadable file.
+            for (key, path) in [
+                ("c2pa.cert_chain", &config.cert_chain),
+                ("c2pa.private_key", &config.private_key),
+            ] {
+                std::fs::File::open(path).map_err(|e| SettingsError::Invalid {
+                    key: key.into(),
+                    message: format!("cannot read {}: {e}", path.display()),
+                })?;
+            }
+            let signer = config.build().map_err(|e| SettingsError::Invalid {
+                key: "c2pa".into(),
+                message: format!(
+                    "the credentials in c2pa.cert_chain, c2pa.private_key and c2pa.algorithm \
+                     cannot sign: {e}"
+                ),
+            })?;
+            Ok(Self {
+                c2pa: Some(std::sync::Arc::new(signer)),
+            })
+        }
+        #[cfg(not(feature = "c2pa"))]
+        {
+            // `Settings::validate` refuses the section already; a worker started from
+            // unvalidated settings must not publish unsigned outputs either.
+            match settings.c2pa {
+                Some(_) => Err(SettingsError::Invalid {
+                    key: "c2pa".into(),
+                    message: crate::settings::NO_C2PA_SUPPORT.into(),
+                }),
+                None => Ok(Self::default()),
+            }
+        }
+    }
+
+    /// Whether outputs get a C2PA manifest.
+    pub fn is_signing(&self) -> bool {
+        #[cfg(feature = "c2pa")]
+        {
+            self.c2pa.is_some()
+        }
+        #[cfg(not(feature = "c2pa"))]
+        {
+            false
+        }
+    }
+
+    /// Returns `encoded` (an output [`encode`] wrote, provenance included) with a signed C2PA
+    /// manifest embedded whose data hash covers every other byte, or unchanged when no signer
+    /// is configured. Sign last: any later change to the bytes invalidates the manifest.
+    ///
+    /// The credentials were proven at start-up, so a failure here is a bug (or provenance
+    /// the manifest cannot describe, also ours): an internal, permanent job failure, never a
+    /// retry and never an unsigned output.
+    pub fn sign(
+        &self,
+        encoded: Vec<u8>,
+        format: OutputFormat,
+        provenance: &Provenance,
+    ) -> Result<Vec<u8>, JobFailure> {
+        #[cfg(feature = "c2pa")]
+        if let Some(signer) = &self.c2pa {
+            return signer
+                .sign(&encoded, format.content_type(), &provenance.fields)
+                .map_err(|e| {
+                    JobFailure::internal(format!(
+                        "signing the {} output with C2PA: {e}",
+                        format.content_type()
+                    ))
+                });
+        }
+        let _ = (format, provenance);
+        Ok(encoded)
+    }
 }
 
 #[cfg(test)]
@@ -233,6 +332,178 @@ mod tests {
             let bytes = encode(&image, format, &Provenance::default()).expect("encode");
             assert!(!contains(&bytes, b"AI-generated"), "{format:?}");
             assert!(!contains(&bytes, b"xap/1.0"), "{format:?}");
+        }
+    }
+
+    #[cfg(not(feature = "c2pa"))]
+    #[test]
+    fn without_the_feature_a_c2pa_section_builds_no_signer() {
+        let settings = Settings {
+            c2pa: Some(serde_json::json!({ "cert_chain": "/c.pem", "private_key": "/k.pem" })),
+            ..Settings::default()
+        };
+        match Signer::build(&settings) {
+            Err(SettingsError::Invalid { key, message }) => {
+                assert_eq!(key, "c2pa");
+                assert!(message.contains("--features c2pa"), "{message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let signer = Signer::build(&Settings::default()).expect("no section");
+        assert!(!signer.is_signing());
+        let bytes = png(2, 2);
+        let same = signer
+            .sign(bytes.clone(), OutputFormat::Png {}, &provenance())
+            .expect("pass-through");
+        assert_eq!(same, bytes);
+    }
+
+    #[cfg(feature = "c2pa")]
+    mod c2pa {
+        use std::path::Path;
+        use std::process::Command;
+
+        use image::ImageDecoder;
+        use inpaint_provenance::{C2paConfig, C2paValidationState, read_manifest};
+        use serde_json::Value;
+
+        use super::*;
+
+        /// Throwaway credentials from the provenance crate's fixture script (needs `openssl`).
+        fn credentials() -> tempfile::TempDir {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../plugins/provenance/tests/fixtures/c2pa-test-certs.sh");
+            let status = Command::new("bash")
+                .arg(script)
+                .arg(dir.path())
+                .status()
+                .expect("bash runs");
+            assert!(
+                status.success(),
+                "generating test certificates failed; these tests need the openssl CLI"
+            );
+            dir
+        }
+
+        fn settings(dir: &Path) -> Settings {
+            Settings {
+                c2pa: Some(C2paConfig {
+                    cert_chain: dir.join("chain.pem"),
+                    private_key: dir.join("signer.key"),
+                    algorithm: Default::default(),
+                    tsa_url: None,
+                    training_mining: Default::default(),
+                    training_mining_constraint: None,
+                }),
+                ..Settings::default()
+            }
+        }
+
+        fn xmp_of(bytes: &[u8], format: OutputFormat) -> Option<Vec<u8>> {
+            use image::codecs::{jpeg::JpegDecoder, png::PngDecoder, webp::WebPDecoder};
+            let cursor = Cursor::new(bytes);
+            match format {
+                OutputFormat::Png {} => PngDecoder::new(cursor).expect("png").xmp_metadata(),
+                OutputFormat::Jpeg { .. } => JpegDecoder::new(cursor).expect("jpeg").xmp_metadata(),
+                OutputFormat::Webp {} => WebPDecoder::new(cursor).expect("webp").xmp_metadata(),
+            }
+            .expect("reads XMP")
+        }
+
+        #[test]
+        fn every_format_is_signed_and_reads_back_trusted() {
+            let dir = credentials();
+            let signer = Signer::build(&settings(dir.path())).expect("signer");
+            assert!(signer.is_signing());
+            let ca = std::fs::read_to_string(dir.path().join("ca.pem")).expect("ca");
+            let image =
+                RgbImage::from_fn(24, 16, |x, y| image::Rgb([x as u8 * 10, y as u8 * 15, 60]));
+            let provenance = provenance();
+            for format in [
+                OutputFormat::Png {},
+                OutputFormat::Jpeg { quality: 90 },
+                OutputFormat::Webp {},
+            ] {
+                let mime = format.content_type();
+                let encoded = encode(&image, format, &provenance).expect("encode");
+                // What the runner does inside its encoding task, shared signer included.
+                let shared = signer.clone();
+                let signed = shared
+                    .sign(encoded.clone(), format, &provenance)
+                    .expect("sign");
+                assert!(signed.len() > encoded.len(), "{mime}: a manifest was added");
+
+                let reader = read_manifest(&signed, mime, Some(&ca)).expect("read");
+                assert_eq!(
+                    reader.validation_state(),
+                    C2paValidationState::Trusted,
+                    "{mime}: {}",
+                    reader.json()
+                );
+                let store: Value = serde_json::from_str(&reader.json()).expect("JSON");
+                let label = store["active_manifest"].as_str().expect("active manifest");
+                let manifest = &store["manifests"][label];
+                assert_eq!(
+                    manifest["title"], "00000000-0000-0000-0000-00000000002a",
+                    "{mime}"
+                );
+                let json = reader.json();
+                assert!(
+                    json.contains(inpaint_provenance::DIGITAL_SOURCE_TYPE_COMPOSITE),
+                    "{mime}: {json}"
+                );
+                assert!(json.contains("cawg.training-mining"), "{mime}");
+
+                // Same pixels, and the provenance written before signing is still there.
+                assert_eq!(
+                    decode_rgb(&signed, "out", 1 << 20).expect("decode"),
+                    decode_rgb(&encoded, "out", 1 << 20).expect("decode"),
+                    "{mime}"
+                );
+                assert_eq!(
+                    xmp_of(&signed, format),
+                    provenance.xmp.clone().map(String::into_bytes),
+                    "{mime}"
+                );
+            }
+        }
+
+        #[test]
+        fn bad_credentials_name_their_key_and_a_failed_signature_is_internal() {
+            let dir = credentials();
+            let key_of = |settings: &Settings| match Signer::build(settings) {
+                Err(SettingsError::Invalid { key, message }) => (key, message),
+                other => panic!("expected a refusal, got {other:?}"),
+            };
+            let mut missing = settings(dir.path());
+            if let Some(c2pa) = &mut missing.c2pa {
+                c2pa.private_key = dir.path().join("nope.key");
+            }
+            let (key, message) = key_of(&missing);
+            assert_eq!(key, "c2pa.private_key");
+            assert!(message.contains("nope.key"), "{message}");
+            // A CA certificate is no signing certificate: caught by the start-up test signature.
+            let mut ca = settings(dir.path());
+            if let Some(c2pa) = &mut ca.c2pa {
+                c2pa.cert_chain = dir.path().join("ca.pem");
+                c2pa.private_key = dir.path().join("ca.key");
+            }
+            let (key, message) = key_of(&ca);
+            assert_eq!(key, "c2pa");
+            assert!(message.contains("self-signed"), "{message}");
+            assert!(!message.contains("PRIVATE KEY"), "{message}");
+
+            // Outputs without the provenance stage's record cannot be described: a bug in the
+            // worker's configuration checks, so internal and not retried.
+            let signer = Signer::build(&settings(dir.path())).expect("signer");
+            let encoded = png(4, 4);
+            let err = signer
+                .sign(encoded, OutputFormat::Png {}, &Provenance::default())
+                .expect_err("no source type");
+            assert_eq!(err.code, ErrorCode::Internal);
+            assert!(!err.transient);
+            assert!(err.message.contains("C2PA"), "{}", err.message);
         }
     }
 }

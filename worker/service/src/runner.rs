@@ -160,6 +160,7 @@ pub async fn run(
 struct Shared {
     settings: Settings,
     parts: Parts,
+    signer: images::Signer,
     cancels: Cancellations,
     worker: WorkerInfo,
     unsafe_chain: Vec<String>,
@@ -177,6 +178,9 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     settings.validate()?;
+    // Here rather than in `Parts`, which tests and benchmarks build field by field: every
+    // worker signs as its settings say, and bad credentials stop it before the first delivery.
+    let signer = images::Signer::build(&settings)?;
     let warnings = settings.chain_warnings();
     for warning in &warnings {
         tracing::warn!("{warning}");
@@ -202,6 +206,7 @@ pub async fn run_with(
         ready: AtomicBool::new(false),
         settings,
         parts,
+        signer,
     });
     let http = if shared.settings.http.bind.is_empty() {
         None
@@ -218,6 +223,7 @@ pub async fn run_with(
     tracing::info!(
         model = %shared.parts.inference.model().id,
         jobs_queue = %shared.settings.topology.jobs_queue,
+        c2pa = shared.signer.is_signing(),
         "worker starting"
     );
     let mut shutdown = std::pin::pin!(shutdown);
@@ -1071,6 +1077,7 @@ async fn execute(
     result.prompt_truncated = output.prompt_truncated;
     let uploads = after.images.into_iter().map(|out| {
         let model = model.clone();
+        let signer = shared.signer.clone();
         async move {
             let index = out.index;
             let uri = job.output_key(index).map_err(|e| JobFailure::from(&e))?;
@@ -1079,10 +1086,14 @@ async fn execute(
             let watermark = watermark_of(&out);
             let provenance = images::Provenance::of(&out);
             let image = out.image;
-            let bytes =
-                tokio::task::spawn_blocking(move || images::encode(&image, format, &provenance))
-                    .await
-                    .map_err(|e| JobFailure::internal(format!("encoding task: {e}")))??;
+            // Signed last, so the sha256 below and the manifest's data hash are of the bytes
+            // that are uploaded.
+            let bytes = tokio::task::spawn_blocking(move || {
+                let encoded = images::encode(&image, format, &provenance)?;
+                signer.sign(encoded, format, &provenance)
+            })
+            .await
+            .map_err(|e| JobFailure::internal(format!("encoding task: {e}")))??;
             let sha256 = hex(&Sha256::digest(&bytes));
             let request = PutRequest {
                 content_type: Some(format.content_type().into()),
