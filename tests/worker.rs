@@ -63,7 +63,14 @@ async fn happy_path_writes_outputs_then_publishes_then_acks() {
         );
     }
     assert_ne!(result.outputs[0].seed, result.outputs[1].seed);
-    for stage in ["download", "inference", "upload"] {
+    for stage in [
+        "download",
+        "decode",
+        "inference",
+        "upload",
+        "manifest",
+        "total",
+    ] {
         assert!(
             result.timings_ms.contains_key(stage),
             "{:?}",

@@ -49,8 +49,10 @@ pub struct InpaintResult {
     #[serde(default)]
     pub prompt_truncated: bool,
 
-    /// Milliseconds spent per stage (`download`, `inference`, `safety_checker`, `upload`, ...),
-    /// for stages that ran.
+    /// Milliseconds spent per stage (`download`, `decode`, `plugins_before`, `inference`,
+    /// `plugins_after`, `upload`, `manifest`), for stages that ran, and `total`: from the
+    /// worker receiving the message to this result being final (the result's own publish and
+    /// the acknowledgement follow it).
     #[serde(default)]
     pub timings_ms: BTreeMap<String, u64>,
 

@@ -17,7 +17,10 @@
 //!
 //! Stage figures come from the result's `timings_ms` (whole milliseconds, per job) and from the
 //! worker's own histograms (`Metrics`, microsecond sums: means). The goal the worker issue sets:
-//! ≤ 25 ms overhead per 512×512 job at p50. Default 200 jobs; every wait is bounded, so a run
+//! ≤ 25 ms overhead per 512×512 job at p50, the overhead being the worker's own work (two GETs,
+//! decodes, encode, PUT, publish, ack): the summary's first line, from the result's `total`
+//! (message received → result final) minus inference, plus the mean publish and ack. The line
+//! after it adds what a client also sees: its own confirmed publish and two broker hops. Default 200 jobs; every wait is bounded, so a run
 //! stops by itself.
 #![allow(
     clippy::print_stdout,
@@ -53,7 +56,7 @@ const RESULT_WAIT: Duration = Duration::from_secs(30);
 /// Longest a phase may take before the bench gives up on it.
 const PHASE_LIMIT: Duration = Duration::from_secs(180);
 /// Stages in the result's `timings_ms`, in pipeline order.
-const STAGES: [&str; 7] = [
+const STAGES: [&str; 8] = [
     "download",
     "decode",
     "plugins_before",
@@ -61,6 +64,7 @@ const STAGES: [&str; 7] = [
     "plugins_after",
     "upload",
     "manifest",
+    "total",
 ];
 
 fn env_or(name: &str, default: &str) -> String {
@@ -378,6 +382,8 @@ struct Phase {
     overhead_ms: Vec<f64>,
     /// Per job: end-to-end latency minus the inference stage.
     e2e_minus_inference_ms: Vec<f64>,
+    /// Per job: the worker's `total` (message received → result final) minus inference.
+    worker_minus_inference_ms: Vec<f64>,
     /// Means from the worker's histograms, in ms: `job` (delivery to settlement) and stages.
     metric_means: BTreeMap<String, f64>,
     failures: usize,
@@ -393,6 +399,7 @@ impl Phase {
             stages: BTreeMap::new(),
             overhead_ms: Vec::new(),
             e2e_minus_inference_ms: Vec::new(),
+            worker_minus_inference_ms: Vec::new(),
             metric_means: BTreeMap::new(),
             failures: 0,
         }
@@ -413,13 +420,17 @@ impl Phase {
         for (stage, ms) in &result.timings_ms {
             let ms = *ms as f64;
             self.stages.entry(stage.clone()).or_default().push(ms);
-            if stage != "inference" {
+            if stage != "inference" && stage != "total" {
                 overhead += ms;
             }
         }
         self.overhead_ms.push(overhead);
         let inference = result.timings_ms.get("inference").copied().unwrap_or(0) as f64;
         self.e2e_minus_inference_ms.push(latency - inference);
+        if let Some(total) = result.timings_ms.get("total") {
+            self.worker_minus_inference_ms
+                .push(*total as f64 - inference);
+        }
     }
 
     fn jobs_per_s(&self) -> f64 {
@@ -651,6 +662,7 @@ fn print_phase(phase: &Phase) {
     println!("  {:<26} {:>9} {:>9}", "ms", "p50", "p99");
     row("end-to-end latency", &phase.latency_ms);
     row("e2e − inference", &phase.e2e_minus_inference_ms);
+    row("worker total − inference", &phase.worker_minus_inference_ms);
     row("stages w/o inference", &phase.overhead_ms);
     for stage in STAGES {
         if let Some(values) = phase.stages.get(stage) {
@@ -745,11 +757,32 @@ async fn run(world: &mut World, jobs: usize) -> Result<()> {
     let ideal = 1.0 / INFERENCE.as_secs_f64();
     let p50 = percentile(&serial_phase.e2e_minus_inference_ms, 50.0);
     println!();
+    // The worker's own overhead per job: message received → result final, minus inference,
+    // plus the result's publish (with its confirm) and the ack, which follow `total` and are
+    // only in the worker's histograms (means).
+    let after_total = ["publish", "ack"]
+        .iter()
+        .map(|stage| {
+            serial_phase
+                .metric_means
+                .get(*stage)
+                .copied()
+                .unwrap_or(f64::NAN)
+        })
+        .sum::<f64>();
+    let worker_p50 = percentile(&serial_phase.worker_minus_inference_ms, 50.0) + after_total;
+    let worker_p99 = percentile(&serial_phase.worker_minus_inference_ms, 99.0) + after_total;
     println!("summary");
     println!(
-        "  per-job overhead (serial, e2e − inference): p50 {p50:.1} ms, p99 {:.1} ms — goal ≤ 25 ms p50: {}",
+        "  worker overhead per job (serial: received → result final − inference, + mean publish \
+         and ack {after_total:.1} ms): p50 {worker_p50:.1} ms, p99 {worker_p99:.1} ms — goal \
+         ≤ 25 ms p50: {}",
+        if worker_p50 <= 25.0 { "met" } else { "NOT met" }
+    );
+    println!(
+        "  as a client sees it (serial, publish → result received − inference, broker hops \
+         included): p50 {p50:.1} ms, p99 {:.1} ms",
         percentile(&serial_phase.e2e_minus_inference_ms, 99.0),
-        if p50 <= 25.0 { "met" } else { "NOT met" }
     );
     println!(
         "  throughput, no inference: {:.1} jobs/s (in_flight 2)",

@@ -470,6 +470,8 @@ async fn handle(
             &shared.settings.retry,
         );
         let metadata = job.as_ref().map(|j| j.metadata.clone()).unwrap_or_default();
+        // Received → result final; the result's publish and the ack follow (their histograms).
+        timings.insert("total".to_owned(), started.elapsed().as_millis() as u64);
         let settled = settle(
             &shared, &publisher, &delivery, job_id, attempt, outcome, action, metadata, timings,
         )
