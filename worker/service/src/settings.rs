@@ -735,6 +735,27 @@ mod tests {
         assert_eq!(config.tsa_url, None);
     }
 
+    /// The commented-out external stages in the example file are real configuration once
+    /// uncommented (the http and exec stage kinds, every documented key).
+    #[test]
+    fn the_example_external_stages_parse_when_uncommented() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/worker.example.toml");
+        let text = std::fs::read_to_string(file).expect("example");
+        let block: String = text
+            .lines()
+            .skip_while(|line| *line != "# [[chain.stages]]")
+            .map_while(|line| line.strip_prefix("#").map(str::trim_start))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let chain: ChainConfig = toml::from_str(&format!("[chain]\n{block}"))
+            .map(|wrapper: std::collections::BTreeMap<String, ChainConfig>| {
+                wrapper.into_values().next().unwrap_or_default()
+            })
+            .expect("the documented external stages parse");
+        let kinds: Vec<&str> = chain.stages.iter().map(|s| s.kind_name()).collect();
+        assert_eq!(kinds, ["http", "exec"]);
+    }
+
     #[test]
     fn the_example_file_loads() {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/worker.example.toml");
