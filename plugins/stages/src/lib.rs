@@ -7,21 +7,31 @@
 //! not break the cycle. So the API stays small and this crate, which depends on all built-in
 //! plugins, owns the enum. The worker depends on this crate and on the API.
 //!
-//! Adding a built-in stage (safety-checker, watermark, provenance, http, exec, ...):
-//! 1. add the plugin crate as a dependency here;
+//! Every kind sits behind a cargo feature of this crate named like its tag (all on by default), so
+//! a build can leave out what it does not run (the safety checker's libtorch, the HTTP client); a
+//! kind that is compiled out is an unknown `type` in configuration and refused at start-up.
+//!
+//! Adding a built-in stage:
+//! 1. add the plugin crate as an optional dependency here, and a feature for it (in `default`);
 //! 2. add a variant `Name(NameConfig)` to [`StageConfig`] (the serde tag is the kebab-case
-//!    variant name);
+//!    variant name), behind the feature;
 //! 3. add its arm to [`StageConfig::kind_name`] (the same kebab-case name; a test checks they
 //!    agree) and to [`StageConfig::build`].
 //!
 //! The compiler's exhaustive matches point at every place that needs the new variant.
 
-use inpaint_external_stages::{ExecStageConfig, HttpStageConfig};
+#[cfg(feature = "exec")]
+use inpaint_external_stages::ExecStageConfig;
+#[cfg(feature = "http")]
+use inpaint_external_stages::HttpStageConfig;
 use inpaint_plugin_api::{Chain, ChainPolicyError, Stage, StageError, check_required_kinds};
+#[cfg(feature = "prompt-policy")]
 use inpaint_prompt_policy::PromptPolicyConfig;
+#[cfg(feature = "provenance")]
 use inpaint_provenance::ProvenanceConfig;
 #[cfg(feature = "safety-checker")]
 use inpaint_safety_checker::SafetyCheckerConfig;
+#[cfg(feature = "watermark")]
 use inpaint_watermark::WatermarkConfig;
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +49,7 @@ pub use inpaint_plugin_api::REQUIRED_STAGE_KINDS;
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum StageConfig {
     /// Prompt policy before inference (OpenRAIL-M Attachment A categories).
+    #[cfg(feature = "prompt-policy")]
     PromptPolicy(PromptPolicyConfig),
     /// CLIP safety checker (diffusers' `StableDiffusionSafetyChecker`) on each output image:
     /// blocks (default), blacks out or blurs flagged images and reports every score. Put it
@@ -47,30 +58,41 @@ pub enum StageConfig {
     SafetyChecker(SafetyCheckerConfig),
     /// Invisible watermark (invisible-watermark `dwtDct`) on each output image. Put it after
     /// every stage that changes pixels and before provenance.
+    #[cfg(feature = "watermark")]
     Watermark(WatermarkConfig),
     /// Provenance metadata on each output image (AI-generated marker, IPTC digital source
     /// type, OpenRAIL-M licence, job id, seed, parameters; the prompt only on request). Put it
     /// last, after the watermark.
+    #[cfg(feature = "provenance")]
     Provenance(ProvenanceConfig),
     /// An operator's check behind an HTTP endpoint: each hook call is POSTed as JSON
     /// (protocol `inpaint-stage.v1`, see `ops/plugins/README.md`) and the response is the
     /// verdict. Timeouts, attempts with backoff, and `on_failure` (requeue or block).
+    #[cfg(feature = "http")]
     Http(HttpStageConfig),
     /// An operator's check as a long-lived subprocess speaking the same protocol as
     /// line-delimited JSON on stdin/stdout; killed and restarted when it hangs or crashes.
+    #[cfg(feature = "exec")]
     Exec(ExecStageConfig),
 }
 
 impl StageConfig {
     /// The stage kind, equal to the `type` tag in configuration.
     pub fn kind_name(&self) -> &'static str {
-        match self {
+        // `*self`: with every feature off the enum is empty, and only a match on the value
+        // (not on a reference) may then have no arms.
+        match *self {
+            #[cfg(feature = "prompt-policy")]
             StageConfig::PromptPolicy(_) => "prompt-policy",
             #[cfg(feature = "safety-checker")]
             StageConfig::SafetyChecker(_) => "safety-checker",
+            #[cfg(feature = "watermark")]
             StageConfig::Watermark(_) => "watermark",
+            #[cfg(feature = "provenance")]
             StageConfig::Provenance(_) => "provenance",
+            #[cfg(feature = "http")]
             StageConfig::Http(_) => "http",
+            #[cfg(feature = "exec")]
             StageConfig::Exec(_) => "exec",
         }
     }
@@ -78,28 +100,34 @@ impl StageConfig {
     /// Builds the running stage.
     pub fn build(&self) -> Result<Box<dyn Stage>, StageError> {
         let kind = self.kind_name();
+        #[allow(unused_variables, reason = "unused when every stage feature is off")]
         let build_error = |source: Box<dyn std::error::Error + Send + Sync>| StageError::Build {
             stage: kind.to_owned(),
             source,
         };
-        match self {
-            StageConfig::PromptPolicy(config) => Ok(Box::new(
+        match *self {
+            #[cfg(feature = "prompt-policy")]
+            StageConfig::PromptPolicy(ref config) => Ok(Box::new(
                 config.build().map_err(|e| build_error(Box::new(e)))?,
             )),
-            StageConfig::Watermark(config) => Ok(Box::new(
+            #[cfg(feature = "watermark")]
+            StageConfig::Watermark(ref config) => Ok(Box::new(
                 config.build().map_err(|e| build_error(Box::new(e)))?,
             )),
-            StageConfig::Provenance(config) => Ok(Box::new(
+            #[cfg(feature = "provenance")]
+            StageConfig::Provenance(ref config) => Ok(Box::new(
                 config.build().map_err(|e| build_error(Box::new(e)))?,
             )),
             #[cfg(feature = "safety-checker")]
-            StageConfig::SafetyChecker(config) => Ok(Box::new(
+            StageConfig::SafetyChecker(ref config) => Ok(Box::new(
                 config.build().map_err(|e| build_error(Box::new(e)))?,
             )),
-            StageConfig::Http(config) => Ok(Box::new(
+            #[cfg(feature = "http")]
+            StageConfig::Http(ref config) => Ok(Box::new(
                 config.build().map_err(|e| build_error(Box::new(e)))?,
             )),
-            StageConfig::Exec(config) => Ok(Box::new(
+            #[cfg(feature = "exec")]
+            StageConfig::Exec(ref config) => Ok(Box::new(
                 config.build().map_err(|e| build_error(Box::new(e)))?,
             )),
         }
@@ -124,7 +152,16 @@ pub fn build_chain(stages: &[StageConfig]) -> Result<Chain, StageError> {
         .map(Chain::new)
 }
 
-#[cfg(test)]
+// The tests name every kind; they run with the default features (all kinds). CI checks that the
+// crate also builds with none of them (`cargo check -p inpaint-stages --no-default-features`).
+#[cfg(all(
+    test,
+    feature = "prompt-policy",
+    feature = "watermark",
+    feature = "provenance",
+    feature = "http",
+    feature = "exec"
+))]
 mod tests {
     use inpaint_external_stages::OnFailure;
     use inpaint_plugin_api::JobContext;
