@@ -15,8 +15,6 @@ use futures::future::BoxFuture;
 use inpaint_e2e::bucket;
 use inpaint_job::{ErrorCode, InpaintResult, JobId, JobStatus};
 use inpaint_queue::lapin::BasicProperties;
-use inpaint_queue::lapin::options::QueueDeclareOptions;
-use inpaint_queue::lapin::types::FieldTable;
 use inpaint_storage::{ObjectRef, PutRequest, StorageError, StoredObject};
 use inpaint_worker::Parts;
 use inpaint_worker::inference::PassThrough;
@@ -440,25 +438,7 @@ async fn cancel_requests_stop_running_and_queued_jobs() {
     let (image, mask) = world.inputs().await;
 
     // A reply queue for progress events.
-    let channel = world.broker.channel().await.expect("channel");
-    let reply = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("reply queue");
-    let reply_name = reply.name().to_string();
-    let mut replies = world
-        .broker
-        .consume(&reply_name, "e2e-replies", 100)
-        .await
-        .expect("consume replies");
+    let (reply_name, mut replies) = world.reply_queue().await;
 
     let mut running = world.job(&image, &mask);
     running["params"]["num_inference_steps"] = 200.into();
