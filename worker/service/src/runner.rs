@@ -153,8 +153,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     settings.validate()?;
+    // Credentials before the model: a real model takes a while to load, bad keys do not.
+    let signer = images::Signer::build(&settings)?;
     let parts = Parts::build(&settings).await?;
-    run_with(settings, parts, shutdown).await
+    serve(settings, parts, signer, shutdown).await
 }
 
 struct Shared {
@@ -181,6 +183,16 @@ pub async fn run_with(
     // Here rather than in `Parts`, which tests and benchmarks build field by field: every
     // worker signs as its settings say, and bad credentials stop it before the first delivery.
     let signer = images::Signer::build(&settings)?;
+    serve(settings, parts, signer, shutdown).await
+}
+
+/// [`run_with`] on validated settings and a built signer.
+async fn serve(
+    settings: Settings,
+    parts: Parts,
+    signer: images::Signer,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
     let warnings = settings.chain_warnings();
     for warning in &warnings {
         tracing::warn!("{warning}");
