@@ -130,6 +130,15 @@ impl Progress {
     }
 }
 
+/// The chain without `--chain`: the prompt policy, where this build has it.
+fn default_stages() -> Vec<StageConfig> {
+    #[cfg(feature = "stage-prompt-policy")]
+    let stages = vec![StageConfig::PromptPolicy(Default::default())];
+    #[cfg(not(feature = "stage-prompt-policy"))]
+    let stages = Vec::new();
+    stages
+}
+
 fn load_mask(path: &Path) -> anyhow::Result<GrayImage> {
     let decoded =
         image::open(path).with_context(|| format!("cannot decode mask {}", path.display()))?;
@@ -172,7 +181,7 @@ pub fn run_inpaint(args: &InpaintArgs) -> anyhow::Result<Vec<PathBuf>> {
                     .with_context(|| format!("invalid chain file {}", path.display()))?
                     .stages
             }
-            None => vec![StageConfig::PromptPolicy(Default::default())],
+            None => default_stages(),
         };
         Some(inpaint_stages::build_chain(&stages)?)
     };

@@ -492,7 +492,7 @@ impl Settings {
             .chain
             .stages
             .iter()
-            .any(|stage| matches!(stage, StageConfig::Provenance(_)))
+            .any(|stage| stage.kind_name() == "provenance")
         {
             return Err(invalid(
                 "c2pa",
