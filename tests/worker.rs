@@ -215,14 +215,7 @@ async fn a_worker_that_dies_mid_job_loses_nothing() {
     let mut job = world.job(&image, &mask);
     job["params"]["num_inference_steps"] = 30.into();
     world.publish(&job).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while doomed.calls.load(Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the job never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    doomed.wait_until_inference_started().await;
     // Crash: the worker's task disappears mid-inference, its connection with it, nothing acked.
     doomed.task.abort();
     let survivor = world.start(PassThrough::default()).await;
@@ -624,9 +617,7 @@ async fn shutdown_lets_in_flight_jobs_finish_within_the_grace_period() {
     let mut job = world.job(&image, &mask);
     job["params"]["num_inference_steps"] = 20.into();
     world.publish(&job).await;
-    while worker.calls.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    worker.wait_until_inference_started().await;
     // SIGTERM equivalent while the job is mid-inference: it still completes, then the worker
     // exits cleanly with nothing left in the queue.
     worker.shutdown().await;
@@ -649,9 +640,7 @@ async fn unfinished_jobs_return_to_the_queue_when_the_grace_period_ends() {
     let mut job = world.job(&image, &mask);
     job["params"]["num_inference_steps"] = 600.into();
     world.publish(&job).await;
-    while worker.calls.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    worker.wait_until_inference_started().await;
     worker.shutdown().await;
     // Released, not answered: the job waits for the next worker.
     world

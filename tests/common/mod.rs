@@ -304,6 +304,18 @@ impl Worker {
         }
     }
 
+    /// Waits until the engine has been called: a job is in inference.
+    pub async fn wait_until_inference_started(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the job never started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
