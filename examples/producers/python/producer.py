@@ -5,6 +5,8 @@ One job (the README's main job):
     python producer.py --image image.png --mask mask.png --prompt "a blue hot-air balloon"
 A batch, checking that every job gets exactly one terminal result (what CI runs):
     python producer.py --count 30 --steps 20 --settle 10
+A job the prompt policy blocks, to see the failure path:
+    python producer.py --prompt "nudify this photo" --expect blocked
 
 Environment: AMQP_URL, S3_ENDPOINT, S3_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, BUCKET,
 IMAGE, MASK (defaults for the flags). Exit status 0 when every job succeeded with its outputs.
@@ -116,6 +118,7 @@ def main():
     p.add_argument("--settle", type=float, default=0, help="seconds to keep listening for duplicate results")
     p.add_argument("--out-dir", default=os.environ.get("OUT_DIR", ""))
     p.add_argument("--summary", default="", help="write {job_id: [statuses]} here as JSON")
+    p.add_argument("--expect", default="succeeded", help="the status every job should end with (e.g. blocked)")
     args = p.parse_args()
 
     s3 = s3_client()
@@ -165,7 +168,8 @@ def main():
             results[job_id].append(message["status"])
             if message["status"] not in TERMINAL:
                 log(f"{job_id}: unknown status {message['status']!r}")
-            ok = check_result(s3, message, args.out_dir) and ok
+            ok = (check_result(s3, message, args.out_dir) == (args.expect == "succeeded")) and ok
+            ok = ok and message["status"] == args.expect
             pending.discard(job_id)
             print(f"result {len(jobs) - len(pending)}/{len(jobs)} {job_id} {message['status']} attempt {message.get('attempt')}", flush=True)
         if not pending and settle_until is None:
