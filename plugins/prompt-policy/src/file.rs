@@ -66,6 +66,10 @@ pub enum Action {
     Rewrite,
     /// The category's `negative` terms are appended to the negative prompt.
     ForceNegative,
+    /// Nothing changes; the match is reported (a score of 1.0 under the category's id, in the
+    /// audit log with its rule ids) for review. For categories whose false positives would
+    /// hurt ordinary users.
+    Flag,
 }
 
 impl Action {
@@ -74,6 +78,7 @@ impl Action {
             "block" => Some(Action::Block),
             "rewrite" => Some(Action::Rewrite),
             "force_negative" => Some(Action::ForceNegative),
+            "flag" => Some(Action::Flag),
             _ => None,
         }
     }
@@ -84,6 +89,7 @@ impl Action {
             Action::Block => "block",
             Action::Rewrite => "rewrite",
             Action::ForceNegative => "force_negative",
+            Action::Flag => "flag",
         }
     }
 }
@@ -93,8 +99,16 @@ impl Action {
 struct RawFile {
     #[serde(default)]
     sets: BTreeMap<String, RawSet>,
+    lexicon: Option<RawLexicon>,
     #[serde(default)]
     category: Vec<RawCategory>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLexicon {
+    #[serde(default)]
+    known_words: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +141,7 @@ struct RawRule {
     id: Spanned<String>,
     regex: Option<Spanned<String>>,
     all_of: Option<Vec<Spanned<String>>>,
+    any_of: Option<Vec<Spanned<String>>>,
     // i64, not u32, so that 0, negative and huge values reach our validation and get an error
     // that names the rule, instead of a bare deserialisation error.
     window: Option<Spanned<i64>>,
@@ -158,6 +173,8 @@ pub(crate) enum RuleKind {
     Regex(String),
     AllOf {
         sets: Vec<String>,
+        /// At least one of these must match too (empty: no such condition).
+        any: Vec<String>,
         /// Maximum distance in words between the sets' matches; `None`: anywhere.
         window: Option<u32>,
     },
@@ -187,6 +204,8 @@ pub(crate) struct CategoryDef {
 pub(crate) struct PolicyDef {
     pub sets: BTreeMap<String, SetDef>,
     pub categories: Vec<CategoryDef>,
+    /// Words the fuzzy matcher never changes (see [`crate::lexicon`]).
+    pub known_words: Vec<String>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -221,6 +240,9 @@ impl PolicyDef {
             }
         };
 
+        if let Some(lexicon) = raw.lexicon {
+            self.known_words.extend(lexicon.known_words);
+        }
         for (name, raw_set) in raw.sets {
             let first_at = raw_set
                 .terms
@@ -268,7 +290,7 @@ impl PolicyDef {
                         err(
                             line,
                             format!(
-                                "unknown action `{}` (expected `block`, `rewrite` or `force_negative`)",
+                                "unknown action `{}` (expected `block`, `rewrite`, `force_negative` or `flag`)",
                                 spanned.get_ref()
                             ),
                         )
@@ -306,7 +328,19 @@ impl PolicyDef {
                         Some((window, line))
                     }
                 };
+                let any: Vec<String> = raw_rule
+                    .any_of
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Spanned::into_inner)
+                    .collect();
                 let kind = match (raw_rule.regex, raw_rule.all_of) {
+                    (Some(_), _) if !any.is_empty() => {
+                        return Err(err(
+                            rule_at.line,
+                            format!("rule `{rule_id}`: `any_of` goes with `all_of`, not `regex`"),
+                        ));
+                    }
                     (Some(_), None) if window.is_some() => {
                         let line = window.map_or(rule_at.line, |(_, line)| line);
                         return Err(err(
@@ -327,15 +361,27 @@ impl PolicyDef {
                             ),
                         ));
                     }
+                    (None, all)
+                        if window.is_none()
+                            && all.as_ref().is_none_or(Vec::is_empty)
+                            && !any.is_empty() =>
+                    {
+                        RuleKind::AllOf {
+                            sets: Vec::new(),
+                            any,
+                            window: None,
+                        }
+                    }
                     (None, Some(sets)) if !sets.is_empty() => RuleKind::AllOf {
                         sets: sets.into_iter().map(Spanned::into_inner).collect(),
+                        any,
                         window: window.map(|(w, _)| w),
                     },
                     _ => {
                         return Err(err(
                             rule_at.line,
                             format!(
-                                "rule `{rule_id}` needs exactly one of `regex` or a non-empty `all_of`"
+                                "rule `{rule_id}` needs exactly one of `regex` or a non-empty `all_of`/`any_of`"
                             ),
                         ));
                     }
@@ -447,7 +493,7 @@ all_of = ["s"]
         .expect_err("bad action");
         assert_eq!(
             err.to_string(),
-            "ops/x.toml:4: category `c1`: unknown action `blok` (expected `block`, `rewrite` or `force_negative`)"
+            "ops/x.toml:4: category `c1`: unknown action `blok` (expected `block`, `rewrite`, `force_negative` or `flag`)"
         );
     }
 
@@ -499,7 +545,7 @@ all_of = ["s"]
             .expect("valid");
         assert!(matches!(
             &def.categories[0].rules[0].kind,
-            RuleKind::AllOf { sets, window: Some(4) } if sets.len() == 2
+            RuleKind::AllOf { sets, window: Some(4), .. } if sets.len() == 2
         ));
         let def = merged(&[("f.toml", &rule_with("all_of = [\"a\", \"b\"]"))]).expect("valid");
         assert!(matches!(

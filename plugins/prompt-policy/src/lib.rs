@@ -13,6 +13,7 @@
 //! Layout:
 //! - [`normalize`]: text normalisation shared by prompts and list terms.
 //! - [`file`](mod@file): the policy file format and merging of several files.
+//! - [`lexicon`]: the vocabulary and the fixed form (joins, splits, misspellings).
 //! - [`policy`]: compilation (one Aho-Corasick automaton, one `RegexSet`) and evaluation.
 //! - [`stage`]: [`PromptPolicyConfig`] and the [`PromptPolicy`] stage.
 //! - [`defaults`]: the embedded built-in lists.
@@ -21,6 +22,7 @@
 pub mod defaults;
 pub mod error;
 pub mod file;
+pub mod lexicon;
 pub mod normalize;
 pub mod policy;
 pub mod stage;

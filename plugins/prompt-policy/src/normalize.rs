@@ -42,17 +42,21 @@ pub enum FormKind {
     LeetI,
     /// Leetspeak folded, `1` read as `l`.
     LeetL,
+    /// Words repaired against the policy's vocabulary (see [`crate::lexicon`]): split words
+    /// joined, spaced-letter runs and run-together words split into listed words, misspelled
+    /// words replaced by the listed word they are close to.
+    Fixed,
 }
 
 /// One normalised variant of a text, with word boundaries and a map back to the input.
 #[derive(Debug, Clone)]
 pub struct Form {
-    kind: FormKind,
-    text: String,
+    pub(crate) kind: FormKind,
+    pub(crate) text: String,
     /// For each byte of `text`: the byte range of the input character it came from.
-    origin: Vec<(usize, usize)>,
+    pub(crate) origin: Vec<(usize, usize)>,
     /// For each byte position `0..=text.len()`: whether a word may start or end there.
-    boundary: Vec<bool>,
+    pub(crate) boundary: Vec<bool>,
 }
 
 impl Form {
@@ -71,6 +75,30 @@ impl Form {
         start < end
             && self.boundary.get(start).copied().unwrap_or(false)
             && self.boundary.get(end).copied().unwrap_or(false)
+    }
+
+    /// Whether `start..end` of [`Form::text`] is a match of a list term: a whole word or phrase,
+    /// except that an edge which is a CJK character (Han, kana, Hangul) needs no boundary, since
+    /// those scripts do not separate words; a `prefix` term (written `stem*`) needs no boundary
+    /// at its end, so a stem matches every inflected form.
+    pub fn is_term_match(&self, start: usize, end: usize, prefix: bool) -> bool {
+        if start >= end {
+            return false;
+        }
+        let start_ok = self.boundary.get(start).copied().unwrap_or(false)
+            || self
+                .text
+                .get(start..)
+                .and_then(|t| t.chars().next())
+                .is_some_and(is_cjk);
+        let end_ok = prefix
+            || self.boundary.get(end).copied().unwrap_or(false)
+            || self
+                .text
+                .get(..end)
+                .and_then(|t| t.chars().next_back())
+                .is_some_and(is_cjk);
+        start_ok && end_ok
     }
 
     /// The input byte range that produced `start..end` of [`Form::text`] (edge spaces ignored).
@@ -95,7 +123,7 @@ impl Form {
 /// All forms of one input text; the plain form always comes first.
 #[derive(Debug, Clone)]
 pub struct Normalized {
-    forms: Vec<Form>,
+    pub(crate) forms: Vec<Form>,
 }
 
 impl Normalized {
@@ -199,6 +227,8 @@ struct Unit {
     ch: char,
     start: usize,
     end: usize,
+    /// The input character was upper case right after a lower-case letter (`nakedChild`).
+    camel: bool,
 }
 
 impl Unit {
@@ -217,11 +247,14 @@ enum Item {
 fn fold(input: &str) -> Vec<Item> {
     let mut items = Vec::with_capacity(input.len());
     let mut decomposed = Vec::with_capacity(4);
+    let mut previous_lower = false;
     for (start, c) in input.char_indices() {
         let end = start + c.len_utf8();
         if is_ignorable(c) {
             continue;
         }
+        let camel = previous_lower && c.is_uppercase();
+        previous_lower = c.is_lowercase();
         decomposed.clear();
         decompose_compatible(c, |d| decomposed.push(d));
         for &d in &decomposed {
@@ -231,7 +264,12 @@ fn fold(input: &str) -> Vec<Item> {
             for lower in confusable(d).to_lowercase() {
                 let mut push = |ch: char| {
                     if ch.is_alphanumeric() || matches!(ch, '@' | '$') {
-                        items.push(Item::Unit(Unit { ch, start, end }));
+                        items.push(Item::Unit(Unit {
+                            ch,
+                            start,
+                            end,
+                            camel,
+                        }));
                     } else if !is_ignorable(ch) {
                         items.push(Item::Separator);
                     }
@@ -381,6 +419,15 @@ fn tokenize(items: &[Item], symbols_separate: bool) -> Vec<Token> {
     for item in items {
         match item {
             Item::Unit(unit) if !(symbols_separate && unit.is_leet_symbol()) => {
+                // CJK and other scripts meet without a space in mixed prompts (`naked幼女`):
+                // the change of script separates words.
+                if current
+                    .units
+                    .last()
+                    .is_some_and(|last| is_cjk(last.ch) != is_cjk(unit.ch))
+                {
+                    words.push(std::mem::take(&mut current));
+                }
                 current.units.push(*unit);
             }
             _ => {
@@ -393,6 +440,7 @@ fn tokenize(items: &[Item], symbols_separate: bool) -> Vec<Token> {
     if !current.units.is_empty() {
         words.push(current);
     }
+    let mut words = split_camel_case(words);
 
     // Join runs of >= 3 one-character words.
     let mut out = Vec::with_capacity(words.len());
@@ -415,6 +463,59 @@ fn tokenize(items: &[Item], symbols_separate: bool) -> Vec<Token> {
         }
     }
     out
+}
+
+/// Splits CamelCase words (`NakedChild` → `naked child`) where both parts have at least three
+/// characters, so alternating case (`NaKeD`, `sExY`) and short prefixes (`iPhone`, `McQueen`)
+/// stay one word.
+fn split_camel_case(words: Vec<Token>) -> Vec<Token> {
+    const MIN_PART: usize = 3;
+    let mut out = Vec::with_capacity(words.len());
+    for word in words {
+        if !word.units.iter().skip(1).any(|u| u.camel) {
+            out.push(word);
+            continue;
+        }
+        let cuts: Vec<usize> = word
+            .units
+            .iter()
+            .enumerate()
+            .filter(|(i, u)| *i > 0 && u.camel)
+            .map(|(i, _)| i)
+            .collect();
+        let mut start = 0;
+        for (k, &cut) in cuts.iter().enumerate() {
+            let next = cuts.get(k + 1).copied().unwrap_or(word.units.len());
+            if cut - start >= MIN_PART && next - cut >= MIN_PART {
+                out.push(Token {
+                    units: word.units[start..cut].to_vec(),
+                    spaced: false,
+                });
+                start = cut;
+            }
+        }
+        out.push(Token {
+            units: word.units[start..].to_vec(),
+            spaced: false,
+        });
+    }
+    out
+}
+
+/// Han, kana and Hangul (including the conjoining jamo that compatibility decomposition makes
+/// of Hangul syllables): scripts written without spaces between words.
+pub fn is_cjk(c: char) -> bool {
+    matches!(c,
+        '\u{1100}'..='\u{11FF}'
+            | '\u{3040}'..='\u{30FF}'
+            | '\u{3130}'..='\u{318F}'
+            | '\u{31F0}'..='\u{31FF}'
+            | '\u{3400}'..='\u{4DBF}'
+            | '\u{4E00}'..='\u{9FFF}'
+            | '\u{A960}'..='\u{A97F}'
+            | '\u{AC00}'..='\u{D7FF}'
+            | '\u{F900}'..='\u{FAFF}'
+            | '\u{20000}'..='\u{2FA1F}')
 }
 
 /// The letter a leetspeak character stands for in `kind`.

@@ -27,6 +27,7 @@ use regex::{Regex, RegexSet};
 use crate::defaults::DEFAULT_SOURCES;
 use crate::error::PolicyError;
 use crate::file::{Action, Location, PolicyDef, RuleKind};
+use crate::lexicon::Lexicon;
 use crate::normalize::{Normalized, Words, normalize, normalize_term};
 
 /// Loads policy files in order and compiles them into a [`Policy`].
@@ -83,6 +84,8 @@ enum CompiledRule {
     Regex(usize),
     AllOf {
         sets: Vec<usize>,
+        /// At least one of these sets must match as well (empty: no such condition).
+        any: Vec<usize>,
         /// Maximum distance in words between the sets' matches; `None`: anywhere.
         window: Option<usize>,
     },
@@ -107,6 +110,9 @@ pub struct Policy {
     sets: Vec<CompiledSet>,
     phrases: AhoCorasick,
     phrase_count: usize,
+    /// Per phrase: written `stem*`, so it needs no word boundary at its end.
+    prefix: Vec<bool>,
+    lexicon: Lexicon,
     regex_set: RegexSet,
     regexes: Vec<Regex>,
 }
@@ -205,22 +211,37 @@ impl SetPositions {
 
 impl Policy {
     fn compile(def: &PolicyDef) -> Result<Policy, PolicyError> {
-        let mut phrase_ids: HashMap<String, usize> = HashMap::new();
+        let mut phrase_ids: HashMap<(String, bool), usize> = HashMap::new();
         let mut phrase_texts: Vec<String> = Vec::new();
+        let mut prefix: Vec<bool> = Vec::new();
         let mut regex_sources: Vec<String> = Vec::new();
         let mut regexes: Vec<Regex> = Vec::new();
 
+        // `stem*` is a prefix term: it matches every word that starts with the stem.
         let mut intern = |term: &str| -> Option<(usize, String)> {
-            let normalized = normalize_term(term);
+            let trimmed = term.trim();
+            let (body, is_prefix) = match trimmed.strip_suffix('*') {
+                Some(stem) => (stem, true),
+                None => (trimmed, false),
+            };
+            let normalized = normalize_term(body);
             if normalized.is_empty() {
                 return None;
             }
             let next = phrase_texts.len();
-            let id = *phrase_ids.entry(normalized.clone()).or_insert(next);
+            let id = *phrase_ids
+                .entry((normalized.clone(), is_prefix))
+                .or_insert(next);
             if id == next {
                 phrase_texts.push(normalized.clone());
+                prefix.push(is_prefix);
             }
-            Some((id, normalized))
+            let audit = if is_prefix {
+                format!("{normalized}*")
+            } else {
+                normalized
+            };
+            Some((id, audit))
         };
         let mut add_regex = |source: &str| -> Result<usize, String> {
             let regex = Regex::new(source).map_err(|e| format!("invalid regex: {e}"))?;
@@ -327,20 +348,25 @@ impl Policy {
                     ),
                     RuleKind::AllOf {
                         sets: names,
+                        any,
                         window,
                     } => {
-                        let mut ids = Vec::with_capacity(names.len());
-                        for name in names {
-                            let id = set_index.get(name.as_str()).copied().ok_or_else(|| {
-                                cat_error(
-                                    &rule.at,
-                                    format!("rule `{}`: unknown set `{name}`", rule.id),
-                                )
-                            })?;
-                            ids.push(id);
-                        }
+                        let resolve = |names: &[String]| -> Result<Vec<usize>, PolicyError> {
+                            names
+                                .iter()
+                                .map(|name| {
+                                    set_index.get(name.as_str()).copied().ok_or_else(|| {
+                                        cat_error(
+                                            &rule.at,
+                                            format!("rule `{}`: unknown set `{name}`", rule.id),
+                                        )
+                                    })
+                                })
+                                .collect()
+                        };
                         CompiledRule::AllOf {
-                            sets: ids,
+                            sets: resolve(names)?,
+                            any: resolve(any)?,
                             window: window.and_then(|w| usize::try_from(w).ok()),
                         }
                     }
@@ -365,6 +391,14 @@ impl Policy {
             .map_err(|e| PolicyError::Compile(e.to_string()))?;
         let regex_set =
             RegexSet::new(&regex_sources).map_err(|e| PolicyError::Compile(e.to_string()))?;
+        let lexicon = Lexicon::new(
+            phrase_texts
+                .iter()
+                .zip(&prefix)
+                .filter(|(_, p)| !**p)
+                .map(|(t, _)| t.as_str()),
+            def.known_words.iter().map(|w| normalize_term(w)),
+        );
         tracing::debug!(
             categories = categories.len(),
             phrases = phrase_texts.len(),
@@ -376,6 +410,8 @@ impl Policy {
             sets,
             phrases,
             phrase_count: phrase_texts.len(),
+            prefix,
+            lexicon,
             regex_set,
             regexes,
         })
@@ -391,6 +427,11 @@ impl Policy {
         self.phrase_count
     }
 
+    /// The vocabulary and fuzzy matcher built from the terms.
+    pub fn lexicon(&self) -> &Lexicon {
+        &self.lexicon
+    }
+
     /// Number of regexes.
     pub fn regex_count(&self) -> usize {
         self.regexes.len()
@@ -401,8 +442,9 @@ impl Policy {
         let mut regexes = vec![Vec::new(); self.regexes.len()];
         for (f, form) in normalized.forms().iter().enumerate() {
             for m in self.phrases.find_overlapping_iter(form.text()) {
-                if form.is_whole_word(m.start(), m.end())
-                    && let Some(slot) = phrases.get_mut(m.pattern().as_usize())
+                let p = m.pattern().as_usize();
+                if form.is_term_match(m.start(), m.end(), self.prefix.get(p) == Some(&true))
+                    && let Some(slot) = phrases.get_mut(p)
                 {
                     slot.push((f, m.start(), m.end()));
                 }
@@ -429,9 +471,22 @@ impl Policy {
         }
     }
 
+    /// Every form of `prompt` that is matched: the normalised forms and, when the lexicon
+    /// repaired some word, the fixed form.
+    pub fn forms(&self, prompt: &str) -> Normalized {
+        let mut normalized = normalize(prompt);
+        // The fixed form repairs the leetspeak form when there is one (it differs from the
+        // plain form only in words that mixed letters and leet characters).
+        let base = normalized.forms.get(1).or(normalized.forms.first());
+        if let Some(fixed) = base.and_then(|b| self.lexicon.fix(b)) {
+            normalized.forms.push(fixed);
+        }
+        normalized
+    }
+
     /// Evaluates a prompt against every category.
     pub fn evaluate(&self, prompt: &str) -> Evaluation {
-        let normalized = normalize(prompt);
+        let normalized = self.forms(prompt);
         let hits = self.hits(&normalized);
         let mut positions = None;
         let mut matches = Vec::new();
@@ -451,8 +506,9 @@ impl Policy {
                         rules.push(audit.clone());
                         regex_ids.push(*r);
                     }
-                    CompiledRule::AllOf { sets, window }
+                    CompiledRule::AllOf { sets, any, window }
                         if sets.iter().all(|&s| hits.sets[s])
+                            && (any.is_empty() || any.iter().any(|&s| hits.sets[s]))
                             && window.is_none_or(|w| {
                                 self.within_window(&hits, &mut positions, sets, w)
                             }) =>
@@ -460,7 +516,7 @@ impl Policy {
                         // A rewrite removes every match of the sets, as without a window: the
                         // text is the same words either way.
                         rules.push(audit.clone());
-                        for &s in sets {
+                        for &s in sets.iter().chain(any) {
                             phrase_ids.extend(&self.sets[s].phrases);
                             regex_ids.extend(&self.sets[s].regexes);
                         }
@@ -583,7 +639,8 @@ impl Policy {
     /// - any `block` category → [`Verdict::Block`] naming the first one (policy order), with
     ///   every matched block rule id and a score of 1.0 per matched block category;
     /// - otherwise one `RewritePrompt` per `rewrite` category (each cumulative, so the last
-    ///   holds every rewrite) and one `AppendNegative` per `force_negative` category;
+    ///   holds every rewrite), one `AppendNegative` per `force_negative` category and one
+    ///   `AddScores` (category → 1.0) per `flag` category;
     /// - otherwise [`Verdict::Continue`].
     pub fn verdict(&self, prompt: &str) -> Verdict {
         verdict_from(prompt, &self.evaluate(prompt), &self.categories)
@@ -635,6 +692,7 @@ fn verdict_from(prompt: &str, evaluation: &Evaluation, categories: &[CompiledCat
                 Change::RewritePrompt(rewrite(prompt, &pending))
             }
             Action::ForceNegative => Change::AppendNegative(cat.negative.clone()),
+            Action::Flag => Change::AddScores(BTreeMap::from([(m.category.clone(), 1.0)])),
             Action::Block => continue,
         };
         mods.push(
@@ -724,7 +782,10 @@ terms = ["battle"]
         let p = policy(DEMO);
         assert!(p.evaluate("a forbidden thing here").is_blocked());
         assert!(p.evaluate("FORBIDDEN, thing!").is_blocked());
-        assert!(p.evaluate("forbidden things").is_clean());
+        // A close inflection is a misspelling to the fuzzy matcher (no dictionary protects
+        // `things` in this policy); a different word is not.
+        assert!(p.evaluate("forbidden things").is_blocked());
+        assert!(p.evaluate("forbidden thinking").is_clean());
         assert!(p.evaluate("unforbidden thing").is_clean());
     }
 

@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(block.block.category, "violence_gore");
         assert_eq!(
             outcome.audit[0].rules,
-            vec!["violence_gore/term:decapitated".to_owned()]
+            vec!["violence_gore/gore-term".to_owned()]
         );
     }
 }

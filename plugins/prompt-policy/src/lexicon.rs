@@ -1,0 +1,554 @@
+//! The policy's vocabulary and the **fixed** form of a prompt: words repaired against it, so
+//! that spelling tricks meet the listed terms.
+//!
+//! The vocabulary is every word of every listed term (after normalisation). From a prompt's
+//! base form (its leetspeak form when it has one, else the plain form) the fixed form is built
+//! word by word:
+//!
+//! 1. **Spaced-letter runs are split into the words they spell.** The plain form joins
+//!    `n-a-k-e-d l-i-t-t-l-e g-i-r-l` into one run `nakedlittlegirl`; the fixed form cuts it into
+//!    `naked little girl` (dynamic programming over the vocabulary, fewest letters left over), so
+//!    phrases match too.
+//! 2. **Split words are joined.** Two or three adjacent words whose concatenation is a
+//!    vocabulary word of at least [`MIN_JOINED`] letters are joined (`na ked` → `naked`,
+//!    `de cap itated` → `decapitated`), unless every part is itself a known word (`pen is`).
+//! 3. **Run-together words are split.** An unknown word of at least [`MIN_COMPOUND`] letters that
+//!    is entirely made of vocabulary words of three or more letters is split (`nakedchild`,
+//!    `NAKEDCHILD` → `naked child`).
+//! 4. **Misspellings are corrected.** An unknown word is replaced by the vocabulary word it is
+//!    close to. Closeness is edit distance (insertion, deletion, substitution, transposition of
+//!    neighbours) between **phonetic keys** (doubled letters collapsed, `ph`→`f`, `ck`/`c`/`q`→`k`,
+//!    `z`→`s`, `y`→`i`), bounded by the length of the listed word:
+//!
+//!    | listed word | allowed |
+//!    |---|---|
+//!    | 1–3 letters | nothing (exact only) |
+//!    | 4 letters | same key only (`sexxy`, `kidz`, `chyld`) |
+//!    | 5 letters | distance 1 without substitution (`nakd`, `naekd`, `nakeed`; not `baked`) |
+//!    | 6–9 letters | distance 1 |
+//!    | 10+ letters | distance 2 |
+//!
+//! "Unknown" means: not a vocabulary word and not a **known word** (`[lexicon] known_words` in
+//! the policy files). The built-in known words (`ops/policy/known_words.toml`) are the English
+//! dictionary words that these rules would otherwise change into a listed word (`baked`,
+//! `therapist`, `pen is`), derived by `plugins/prompt-policy/tools/known_words.py`; words of
+//! other languages are not protected that way, which the evaluation corpus measures.
+//!
+//! Words with CJK characters are left alone (those scripts match by substring anyway).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::normalize::{Form, FormKind, is_cjk};
+
+/// Shortest vocabulary word a join may produce.
+pub const MIN_JOINED: usize = 5;
+/// Shortest unknown word that is tried as run-together vocabulary words.
+pub const MIN_COMPOUND: usize = 7;
+/// Shortest vocabulary piece of a run-together word or a spaced-letter run.
+const MIN_PIECE: usize = 3;
+
+/// The vocabulary of a compiled policy and the indexes the fixed form needs.
+#[derive(Debug, Clone, Default)]
+pub struct Lexicon {
+    /// Every vocabulary word.
+    vocab: HashSet<String>,
+    /// Vocabulary words that are fuzzy targets, with their allowed distance rule.
+    targets: Vec<Target>,
+    /// Phonetic key (and its deletions) → target ids.
+    index: HashMap<String, Vec<u32>>,
+    /// Words never corrected, joined or split.
+    known: HashSet<String>,
+    /// Longest vocabulary word, in bytes.
+    max_len: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Target {
+    word: String,
+    key: Vec<char>,
+    chars: usize,
+}
+
+/// The edit distance allowed to a target of `chars` characters, and whether substitutions count.
+fn allowance(chars: usize) -> (usize, bool) {
+    match chars {
+        0..=3 => (0, false),
+        4 => (0, false),
+        5 => (1, false),
+        6..=9 => (1, true),
+        _ => (2, true),
+    }
+}
+
+/// The phonetic key of a word: a few spelling-insensitive folds, then doubled letters collapsed.
+fn key(word: &str) -> Vec<char> {
+    let chars: Vec<char> = word.chars().collect();
+    let mut out: Vec<char> = Vec::with_capacity(chars.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        let (mapped, skip) = match (c, next) {
+            ('p', Some('h')) => ('f', 2),
+            ('c', Some('k')) => ('k', 2),
+            ('c' | 'q', _) => ('k', 1),
+            ('z', _) => ('s', 1),
+            ('y', _) => ('i', 1),
+            _ => (c, 1),
+        };
+        if out.last() != Some(&mapped) {
+            out.push(mapped);
+        }
+        i += skip;
+    }
+    out
+}
+
+/// All strings made from `key` by deleting up to `depth` characters, `key` itself included.
+fn deletions(key: &[char], depth: usize, out: &mut HashSet<String>) {
+    out.insert(key.iter().collect());
+    if depth == 0 || key.len() <= 1 {
+        return;
+    }
+    for i in 0..key.len() {
+        let mut shorter = key.to_vec();
+        shorter.remove(i);
+        deletions(&shorter, depth - 1, out);
+    }
+}
+
+/// Optimal-string-alignment distance, with or without substitutions, capped at `limit + 1`.
+fn distance(a: &[char], b: &[char], substitutions: bool, limit: usize) -> usize {
+    if a.len().abs_diff(b.len()) > limit {
+        return limit + 1;
+    }
+    let n = b.len();
+    let mut prev2 = vec![0usize; n + 1];
+    let mut prev: Vec<usize> = (0..=n).collect();
+    let mut cur = vec![0usize; n + 1];
+    for i in 1..=a.len() {
+        cur[0] = i;
+        let mut row_min = cur[0];
+        for j in 1..=n {
+            let same = a[i - 1] == b[j - 1];
+            let mut best = (prev[j] + 1).min(cur[j - 1] + 1);
+            if same {
+                best = best.min(prev[j - 1]);
+            } else if substitutions {
+                best = best.min(prev[j - 1] + 1);
+            }
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && !same {
+                best = best.min(prev2[j - 2] + 1);
+            }
+            cur[j] = best;
+            row_min = row_min.min(best);
+        }
+        if row_min > limit {
+            return limit + 1;
+        }
+        std::mem::swap(&mut prev2, &mut prev);
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[n]
+}
+
+fn is_word(word: &str) -> bool {
+    !word.is_empty() && word.chars().all(|c| c.is_alphabetic() && !is_cjk(c))
+}
+
+impl Lexicon {
+    /// A lexicon of the words of `terms` (normalised, space-separated), protecting `known`.
+    pub fn new<'a>(
+        terms: impl IntoIterator<Item = &'a str>,
+        known: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let mut vocab = HashSet::new();
+        for term in terms {
+            for word in term.split(' ') {
+                if is_word(word) {
+                    vocab.insert(word.to_owned());
+                }
+            }
+        }
+        let mut sorted: Vec<&String> = vocab.iter().collect();
+        sorted.sort();
+        let mut targets = Vec::new();
+        let mut index: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut keys = HashSet::new();
+        for word in sorted {
+            let chars = word.chars().count();
+            if chars < 4 {
+                continue;
+            }
+            let (depth, _) = allowance(chars);
+            let key = key(word);
+            let id = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+            keys.clear();
+            deletions(&key, depth, &mut keys);
+            for k in keys.drain() {
+                index.entry(k).or_default().push(id);
+            }
+            targets.push(Target {
+                word: word.clone(),
+                key,
+                chars,
+            });
+        }
+        let max_len = vocab.iter().map(String::len).max().unwrap_or(0);
+        Self {
+            vocab,
+            targets,
+            index,
+            known: known.into_iter().collect(),
+            max_len,
+        }
+    }
+
+    /// Every vocabulary word.
+    pub fn vocabulary(&self) -> impl Iterator<Item = &str> {
+        self.vocab.iter().map(String::as_str)
+    }
+
+    /// What the fixed form would make of `word` standing alone: the vocabulary words it splits
+    /// into, or the vocabulary word it is corrected to; `None` when it stays as it is.
+    pub fn rewrite_of(&self, word: &str) -> Option<String> {
+        if !is_word(word) || self.is_known(word) {
+            return None;
+        }
+        if word.len() >= MIN_COMPOUND
+            && let Some(pieces) = self.segment(word, false)
+        {
+            return Some(
+                pieces
+                    .iter()
+                    .map(|&(s, e, _)| &word[s..e])
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+        }
+        self.correct(word).map(str::to_owned)
+    }
+
+    fn is_known(&self, word: &str) -> bool {
+        self.vocab.contains(word) || self.known.contains(word)
+    }
+
+    /// The vocabulary word `word` is a misspelling of, under the rules of the module docs.
+    pub fn correct(&self, word: &str) -> Option<&str> {
+        if word.len() < 4 || !is_word(word) || self.is_known(word) {
+            return None;
+        }
+        let key = key(word);
+        let mut probes = HashSet::new();
+        deletions(&key, if key.len() >= 9 { 2 } else { 1 }, &mut probes);
+        let mut best: Option<(usize, u32)> = None;
+        for probe in &probes {
+            let Some(ids) = self.index.get(probe.as_str()) else {
+                continue;
+            };
+            for &id in ids {
+                let Some(target) = self.targets.get(id as usize) else {
+                    continue;
+                };
+                let (limit, substitutions) = allowance(target.chars);
+                let d = distance(&key, &target.key, substitutions, limit);
+                if d <= limit && best.is_none_or(|(bd, bid)| (d, id) < (bd, bid)) {
+                    best = Some((d, id));
+                }
+            }
+        }
+        best.and_then(|(_, id)| self.targets.get(id as usize))
+            .map(|t| t.word.as_str())
+    }
+
+    /// Byte offsets where `word` splits into vocabulary pieces: `Some` when at least two
+    /// pieces of [`MIN_PIECE`]+ characters cover it, with `allow_rest` letters left over in
+    /// runs between them (a spaced-letter run may carry filler); fewest leftovers, then fewest
+    /// pieces.
+    fn segment(&self, word: &str, allow_rest: bool) -> Option<Vec<(usize, usize, bool)>> {
+        let bounds: Vec<usize> = word
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([word.len()])
+            .collect();
+        let n = bounds.len() - 1;
+        // best[i]: (leftover chars, pieces, previous index, piece is a vocabulary word)
+        let mut best: Vec<Option<(usize, usize, usize, bool)>> = vec![None; n + 1];
+        best[0] = Some((0, 0, 0, false));
+        for i in 0..n {
+            let Some((rest, pieces, _, _)) = best[i] else {
+                continue;
+            };
+            let mut relax = |j: usize, cand: (usize, usize, usize, bool)| {
+                if best[j].is_none_or(|b| (cand.0, cand.1) < (b.0, b.1)) {
+                    best[j] = Some(cand);
+                }
+            };
+            if allow_rest {
+                relax(i + 1, (rest + 1, pieces, i, false));
+            }
+            for j in (i + MIN_PIECE)..=n {
+                let piece = &word[bounds[i]..bounds[j]];
+                if piece.len() > self.max_len {
+                    break;
+                }
+                if self.vocab.contains(piece) {
+                    relax(j, (rest, pieces + 1, i, true));
+                }
+            }
+        }
+        let (rest, pieces, _, _) = best[n]?;
+        if pieces < 2 && !(allow_rest && pieces == 1 && rest > 0) {
+            return None;
+        }
+        if rest * 2 > n {
+            return None;
+        }
+        let mut cuts = Vec::new();
+        let mut j = n;
+        while j > 0 {
+            let (_, _, i, vocab) = best[j]?;
+            cuts.push((bounds[i], bounds[j], vocab));
+            j = i;
+        }
+        cuts.reverse();
+        // Merge adjacent leftover characters into one word.
+        let mut merged: Vec<(usize, usize, bool)> = Vec::new();
+        for cut in cuts {
+            match merged.last_mut() {
+                Some(last) if !last.2 && !cut.2 => last.1 = cut.1,
+                _ => merged.push(cut),
+            }
+        }
+        Some(merged)
+    }
+
+    /// The fixed form of `base`, or `None` when no word changed.
+    pub fn fix(&self, base: &Form) -> Option<Form> {
+        if self.vocab.is_empty() {
+            return None;
+        }
+        let text = base.text.as_str();
+        let mut spans = Vec::new();
+        let mut start = 0;
+        for word in text.split(' ') {
+            if !word.is_empty() {
+                spans.push((start, start + word.len()));
+            }
+            start += word.len() + 1;
+        }
+        let spaced = |(s, e): (usize, usize)| {
+            let first = text[s..e].chars().next().map_or(0, char::len_utf8);
+            e - s > first && base.boundary.get(s + first).copied().unwrap_or(false)
+        };
+        let mut out = Builder::default();
+        let mut changed = false;
+        let mut i = 0;
+        while i < spans.len() {
+            let span = spans[i];
+            let word = &text[span.0..span.1];
+            // 1. Spaced-letter runs.
+            if spaced(span)
+                && let Some(pieces) = self.segment(word, true)
+            {
+                for (s, e, _) in pieces {
+                    out.copy(base, span.0 + s, span.0 + e);
+                }
+                changed = true;
+                i += 1;
+                continue;
+            }
+            if is_word(word) && !spaced(span) {
+                // 2. Split words.
+                if let Some(joined) = self.join(text, &spans[i..], &spaced) {
+                    out.joined(base, &spans[i..i + joined]);
+                    changed = true;
+                    i += joined;
+                    continue;
+                }
+                if !self.is_known(word) {
+                    // 3. Run-together words.
+                    if word.len() >= MIN_COMPOUND
+                        && let Some(pieces) = self.segment(word, false)
+                    {
+                        for (s, e, _) in pieces {
+                            out.copy(base, span.0 + s, span.0 + e);
+                        }
+                        changed = true;
+                        i += 1;
+                        continue;
+                    }
+                    // 4. Misspellings.
+                    if let Some(fixed) = self.correct(word) {
+                        out.replaced(base, span.0, span.1, fixed);
+                        changed = true;
+                        i += 1;
+                        continue;
+                    }
+                }
+            }
+            out.copy(base, span.0, span.1);
+            i += 1;
+        }
+        changed.then(|| out.finish())
+    }
+
+    /// How many words from the start of `spans` (2 or 3) join into a vocabulary word.
+    fn join(
+        &self,
+        text: &str,
+        spans: &[(usize, usize)],
+        spaced: &impl Fn((usize, usize)) -> bool,
+    ) -> Option<usize> {
+        let mut joined = String::new();
+        for (k, &span) in spans.iter().take(3).enumerate() {
+            let part = &text[span.0..span.1];
+            if !is_word(part) || (k > 0 && spaced(span)) {
+                return None;
+            }
+            joined.push_str(part);
+            if k >= 1
+                && joined.chars().count() >= MIN_JOINED
+                && self.vocab.contains(&joined)
+                && !spans[..=k].iter().all(|s| self.is_known(&text[s.0..s.1]))
+            {
+                return Some(k + 1);
+            }
+        }
+        None
+    }
+}
+
+/// Assembles a [`Form`] word by word, keeping the map back to the input.
+#[derive(Default)]
+struct Builder {
+    text: String,
+    origin: Vec<(usize, usize)>,
+}
+
+impl Builder {
+    fn space(&mut self) {
+        if !self.text.is_empty() {
+            let at = self.origin.last().map_or(0, |o| o.1);
+            self.text.push(' ');
+            self.origin.push((at, at));
+        }
+    }
+
+    fn copy(&mut self, base: &Form, s: usize, e: usize) {
+        self.space();
+        self.text.push_str(&base.text[s..e]);
+        self.origin.extend_from_slice(&base.origin[s..e]);
+    }
+
+    fn joined(&mut self, base: &Form, spans: &[(usize, usize)]) {
+        self.space();
+        for &(s, e) in spans {
+            self.text.push_str(&base.text[s..e]);
+            self.origin.extend_from_slice(&base.origin[s..e]);
+        }
+    }
+
+    fn replaced(&mut self, base: &Form, s: usize, e: usize, word: &str) {
+        self.space();
+        let first = base.origin.get(s).map_or(0, |o| o.0);
+        let last = base.origin.get(e.saturating_sub(1)).map_or(first, |o| o.1);
+        self.text.push_str(word);
+        self.origin
+            .extend(std::iter::repeat_n((first, last), word.len()));
+    }
+
+    fn finish(self) -> Form {
+        let bytes = self.text.as_bytes();
+        let boundary = (0..=bytes.len())
+            .map(|p| p == 0 || p == bytes.len() || bytes[p - 1] == b' ' || bytes[p] == b' ')
+            .collect();
+        Form {
+            kind: FormKind::Fixed,
+            text: self.text,
+            origin: self.origin,
+            boundary,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::normalize;
+
+    fn lexicon() -> Lexicon {
+        Lexicon::new(
+            [
+                "naked",
+                "little girl",
+                "decapitated",
+                "sexy",
+                "child",
+                "nude",
+                "kid",
+                "rapist",
+                "the pope",
+                "suicide",
+            ],
+            ["baked".to_owned(), "therapist".to_owned()],
+        )
+    }
+
+    fn fixed(input: &str) -> Option<String> {
+        let lex = lexicon();
+        let n = normalize(input);
+        let base = n.forms().get(1).unwrap_or(&n.forms()[0]);
+        lex.fix(base).map(|f| f.text().to_owned())
+    }
+
+    #[test]
+    fn distance_rule_by_length() {
+        let lex = lexicon();
+        assert_eq!(lex.correct("nakd"), Some("naked"));
+        assert_eq!(lex.correct("naekd"), Some("naked"));
+        assert_eq!(lex.correct("nakked"), Some("naked"));
+        // Substitution is not allowed on five-letter words.
+        assert_eq!(lex.correct("nakid"), None);
+        assert_eq!(lex.correct("baked"), None);
+        assert_eq!(lex.correct("sexxy"), Some("sexy"));
+        assert_eq!(lex.correct("sexi"), Some("sexy"));
+        assert_eq!(lex.correct("sexo"), None);
+        assert_eq!(lex.correct("chyld"), Some("child"));
+        assert_eq!(lex.correct("suicyde"), Some("suicide"));
+        assert_eq!(lex.correct("suicde"), Some("suicide"));
+        assert_eq!(lex.correct("decapitatid"), Some("decapitated"));
+        assert_eq!(lex.correct("decapatatid"), Some("decapitated"));
+        assert_eq!(lex.correct("decapatatyd"), Some("decapitated"));
+        assert_eq!(lex.correct("dekapotatod"), Some("decapitated"));
+        assert_eq!(lex.correct("dekopotatod"), None);
+    }
+
+    #[test]
+    fn fixed_form_repairs_words() {
+        assert_eq!(fixed("na ked girl").as_deref(), Some("naked girl"));
+        assert_eq!(
+            fixed("n-a-k-e-d l-i-t-t-l-e g-i-r-l").as_deref(),
+            Some("naked little girl")
+        );
+        assert_eq!(fixed("NAKEDCHILD").as_deref(), Some("naked child"));
+        assert_eq!(fixed("a sexxy chyld").as_deref(), Some("a sexy child"));
+        assert_eq!(fixed("n4kked k1d").as_deref(), Some("naked kid"));
+        // Known words stay.
+        assert_eq!(fixed("a therapist and baked bread"), None);
+        assert_eq!(fixed("a lake at dawn"), None);
+    }
+
+    #[test]
+    fn fixed_form_maps_back_to_input() {
+        let lex = lexicon();
+        let input = "a na ked chyld";
+        let n = normalize(input);
+        let f = lex.fix(&n.forms()[0]).expect("changed");
+        assert_eq!(f.text(), "a naked child");
+        let r = f.origin_range(2, 7).expect("range");
+        assert_eq!(&input[r], "na ked");
+        let r = f.origin_range(8, 13).expect("range");
+        assert_eq!(&input[r], "chyld");
+    }
+}
