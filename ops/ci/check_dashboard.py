@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Checks that every metric (and label) the Grafana dashboard queries exists in real scrapes.
 
-    check_dashboard.py --worker http://HOST:9090/metrics --rabbitmq http://HOST:15692/metrics
+    check_dashboard.py --worker http://HOST:9090/metrics [--worker ...] --rabbitmq http://HOST:15692/metrics
     check_dashboard.py --self-test --worker ... --rabbitmq ...   a misspelt name must be caught
 
-inpaint_* names are looked up in the worker's scrape, rabbitmq_* names in the broker's. Series
+inpaint_* names are looked up in the workers' scrapes (merged: a series such as a block count
+exists only on the worker that handled such a job), rabbitmq_* names in the broker's. Series
 the worker exports only with a GPU (inpaint_gpu_*) are looked up in the scrape when it has any
 GPU series; on a machine without a GPU the script says so and looks them up in the worker's
 source instead (a weaker check, reported as such).
@@ -84,13 +85,18 @@ def check(wanted, worker, rabbitmq):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--worker", required=True)
+    p.add_argument("--worker", required=True, action="append",
+                   help="a worker's /metrics URL; repeat for several workers (their series are merged)")
     p.add_argument("--rabbitmq", required=True)
     p.add_argument("--self-test", action="store_true")
     args = p.parse_args()
     dashboard = json.load(open(DASHBOARD))
     wanted = queried(dashboard)
-    worker, rabbitmq = scrape(args.worker), scrape(args.rabbitmq)
+    worker = {}
+    for url in args.worker:
+        for name, labels in scrape(url).items():
+            worker.setdefault(name, set()).update(labels)
+    rabbitmq = scrape(args.rabbitmq)
     bad, notes = check(wanted, worker, rabbitmq)
     print(f"[dashboard] {len(dashboard['panels'])} panels query {len(wanted)} metrics: {', '.join(sorted(wanted))}")
     print(f"[dashboard] scrapes: worker {len(worker)} series names, RabbitMQ {len(rabbitmq)}")

@@ -149,10 +149,12 @@ step "blocked job (prompt policy)"
 
 # 6. Dashboard and Kubernetes ----------------------------------------------------------------------
 ip() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
-worker=$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" --filter label=com.docker.compose.service=worker | head -n1)
+workers=$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" --filter label=com.docker.compose.service=worker)
+worker=$(echo "$workers" | head -n1)
 rabbit=$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" --filter label=com.docker.compose.service=rabbitmq)
-.venv/bin/python ops/ci/check_dashboard.py --self-test \
-  --worker "http://$(ip "$worker"):9090/metrics" --rabbitmq "http://$(ip "$rabbit"):15692/metrics"
+scrapes=()
+for w in $workers; do scrapes+=(--worker "http://$(ip "$w"):9090/metrics"); done
+.venv/bin/python ops/ci/check_dashboard.py --self-test "${scrapes[@]}" --rabbitmq "http://$(ip "$rabbit"):15692/metrics"
 step "dashboard metrics vs live scrapes"
 PATH="$root/.venv/bin:$PATH" python ops/ci/check_k8s.py --live "http://$(ip "$worker"):9090"
 PATH="$root/.venv/bin:$PATH" python ops/ci/check_k8s.py --self-test
