@@ -37,6 +37,7 @@
 //! Words with CJK characters are left alone (those scripts match by substring anyway).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::normalize::{Form, FormKind, is_cjk};
 
@@ -47,17 +48,125 @@ pub const MIN_COMPOUND: usize = 7;
 /// Shortest vocabulary piece of a run-together word or a spaced-letter run.
 const MIN_PIECE: usize = 3;
 
+/// A small multiply-rotate hasher (the one rustc uses): the lexicon hashes short words many
+/// times per prompt, where SipHash's cost would dominate, and its keys are not attacker-chosen
+/// in a way that matters (a collision costs a few extra comparisons, nothing else).
+#[derive(Debug, Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(buf));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.add(word);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastSet = HashSet<String, BuildHasherDefault<FxHasher>>;
+
+/// Longest phonetic key the fuzzy matcher looks at; longer words are left alone.
+const MAX_KEY: usize = 32;
+
+/// Polynomial hashes of a key's prefixes, so that the hash of the key with one or two
+/// characters deleted costs O(1): the deletion neighbourhood is indexed by hash, not by string,
+/// so probing allocates nothing, and a collision only adds a candidate that the distance check
+/// then rejects.
+struct KeyHash {
+    /// `prefix[i]`: hash of `key[..i]`.
+    prefix: [u64; MAX_KEY + 1],
+    /// `power[i]`: BASE^i.
+    power: [u64; MAX_KEY + 1],
+    len: usize,
+}
+
+const BASE: u64 = 0x100_0000_01b3;
+
+impl KeyHash {
+    fn new(key: &[char]) -> Self {
+        let mut prefix = [0u64; MAX_KEY + 1];
+        let mut power = [1u64; MAX_KEY + 1];
+        let len = key.len().min(MAX_KEY);
+        for i in 0..len {
+            prefix[i + 1] = prefix[i]
+                .wrapping_mul(BASE)
+                .wrapping_add(u64::from(key[i]) + 1);
+            power[i + 1] = power[i].wrapping_mul(BASE);
+        }
+        Self { prefix, power, len }
+    }
+
+    /// Hash of `key[a..b]`, as if it were a key of its own.
+    fn range(&self, a: usize, b: usize) -> u64 {
+        self.prefix[b].wrapping_sub(self.prefix[a].wrapping_mul(self.power[b - a]))
+    }
+
+    /// Hash of the key without the characters at `skip` (`usize::MAX`: none).
+    fn without(&self, skip: (usize, usize)) -> u64 {
+        let n = self.len;
+        let h = match skip {
+            (usize::MAX, _) => self.prefix[n],
+            (i, usize::MAX) => self
+                .range(0, i)
+                .wrapping_mul(self.power[n - i - 1])
+                .wrapping_add(self.range(i + 1, n)),
+            (i, j) => {
+                let head = self.range(0, i).wrapping_mul(self.power[n - i - 2]);
+                let mid = self.range(i + 1, j).wrapping_mul(self.power[n - j - 1]);
+                head.wrapping_add(mid).wrapping_add(self.range(j + 1, n))
+            }
+        };
+        // Keys of different lengths must not meet.
+        h ^ ((n - usize::from(skip.0 != usize::MAX) - usize::from(skip.1 != usize::MAX)) as u64)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+/// Every (skip, skip) pair for deletions up to `depth` (usize::MAX: keep the character).
+fn deletion_skips(len: usize, depth: usize) -> impl Iterator<Item = (usize, usize)> {
+    let none = std::iter::once((usize::MAX, usize::MAX));
+    let one = (0..len)
+        .filter(move |_| depth >= 1)
+        .map(|i| (i, usize::MAX));
+    let two = (0..len)
+        .filter(move |_| depth >= 2)
+        .flat_map(move |i| (i + 1..len).map(move |j| (i, j)));
+    none.chain(one).chain(two)
+}
+
 /// The vocabulary of a compiled policy and the indexes the fixed form needs.
 #[derive(Debug, Clone, Default)]
 pub struct Lexicon {
     /// Every vocabulary word.
-    vocab: HashSet<String>,
+    vocab: FastSet,
     /// Vocabulary words that are fuzzy targets, with their allowed distance rule.
     targets: Vec<Target>,
-    /// Phonetic key (and its deletions) → target ids.
-    index: HashMap<String, Vec<u32>>,
+    /// Hash of a phonetic key (and of its deletions) → target ids.
+    index: HashMap<u64, Vec<u32>, BuildHasherDefault<FxHasher>>,
     /// Words never corrected, joined or split.
-    known: HashSet<String>,
+    known: FastSet,
+    /// The first [`MIN_PIECE`] characters of every vocabulary word: a join or a split can only
+    /// start with one of these, which rules most words out with one lookup.
+    starts: FastSet,
     /// Longest vocabulary word, in bytes.
     max_len: usize,
 }
@@ -104,28 +213,19 @@ fn key(word: &str) -> Vec<char> {
     out
 }
 
-/// All strings made from `key` by deleting up to `depth` characters, `key` itself included.
-fn deletions(key: &[char], depth: usize, out: &mut HashSet<String>) {
-    out.insert(key.iter().collect());
-    if depth == 0 || key.len() <= 1 {
-        return;
-    }
-    for i in 0..key.len() {
-        let mut shorter = key.to_vec();
-        shorter.remove(i);
-        deletions(&shorter, depth - 1, out);
-    }
-}
-
-/// Optimal-string-alignment distance, with or without substitutions, capped at `limit + 1`.
+/// Optimal-string-alignment distance, with or without substitutions, capped at `limit + 1`
+/// (both keys are at most [`MAX_KEY`] characters).
 fn distance(a: &[char], b: &[char], substitutions: bool, limit: usize) -> usize {
-    if a.len().abs_diff(b.len()) > limit {
+    if a.len().abs_diff(b.len()) > limit || a.len() > MAX_KEY || b.len() > MAX_KEY {
         return limit + 1;
     }
     let n = b.len();
-    let mut prev2 = vec![0usize; n + 1];
-    let mut prev: Vec<usize> = (0..=n).collect();
-    let mut cur = vec![0usize; n + 1];
+    let mut prev2 = [0usize; MAX_KEY + 1];
+    let mut prev = [0usize; MAX_KEY + 1];
+    let mut cur = [0usize; MAX_KEY + 1];
+    for (j, slot) in prev.iter_mut().enumerate().take(n + 1) {
+        *slot = j;
+    }
     for i in 1..=a.len() {
         cur[0] = i;
         let mut row_min = cur[0];
@@ -146,8 +246,8 @@ fn distance(a: &[char], b: &[char], substitutions: bool, limit: usize) -> usize 
         if row_min > limit {
             return limit + 1;
         }
-        std::mem::swap(&mut prev2, &mut prev);
-        std::mem::swap(&mut prev, &mut cur);
+        prev2 = prev;
+        prev = cur;
     }
     prev[n]
 }
@@ -162,7 +262,7 @@ impl Lexicon {
         terms: impl IntoIterator<Item = &'a str>,
         known: impl IntoIterator<Item = String>,
     ) -> Self {
-        let mut vocab = HashSet::new();
+        let mut vocab = FastSet::default();
         for term in terms {
             for word in term.split(' ') {
                 if is_word(word) {
@@ -173,20 +273,21 @@ impl Lexicon {
         let mut sorted: Vec<&String> = vocab.iter().collect();
         sorted.sort();
         let mut targets = Vec::new();
-        let mut index: HashMap<String, Vec<u32>> = HashMap::new();
-        let mut keys = HashSet::new();
+        let mut index: HashMap<u64, Vec<u32>, BuildHasherDefault<FxHasher>> = HashMap::default();
         for word in sorted {
             let chars = word.chars().count();
-            if chars < 4 {
+            let key = key(word);
+            if chars < 4 || key.len() > MAX_KEY {
                 continue;
             }
             let (depth, _) = allowance(chars);
-            let key = key(word);
             let id = u32::try_from(targets.len()).unwrap_or(u32::MAX);
-            keys.clear();
-            deletions(&key, depth, &mut keys);
-            for k in keys.drain() {
-                index.entry(k).or_default().push(id);
+            let hashes = KeyHash::new(&key);
+            for skip in deletion_skips(key.len(), depth) {
+                let ids = index.entry(hashes.without(skip)).or_default();
+                if ids.last() != Some(&id) {
+                    ids.push(id);
+                }
             }
             targets.push(Target {
                 word: word.clone(),
@@ -195,11 +296,20 @@ impl Lexicon {
             });
         }
         let max_len = vocab.iter().map(String::len).max().unwrap_or(0);
+        let starts = vocab
+            .iter()
+            .filter_map(|w| {
+                w.char_indices()
+                    .nth(MIN_PIECE)
+                    .map(|(end, _)| w[..end].to_owned())
+            })
+            .collect();
         Self {
             vocab,
             targets,
             index,
             known: known.into_iter().collect(),
+            starts,
             max_len,
         }
     }
@@ -229,6 +339,16 @@ impl Lexicon {
         self.correct(word).map(str::to_owned)
     }
 
+    /// Whether some vocabulary word of [`MIN_PIECE`]+ characters may start like `text`.
+    fn could_start(&self, text: &str) -> bool {
+        text.char_indices()
+            .nth(MIN_PIECE)
+            .map_or(text.chars().count() == MIN_PIECE, |(end, _)| {
+                self.starts.contains(&text[..end])
+            })
+            || self.vocab.contains(text)
+    }
+
     fn is_known(&self, word: &str) -> bool {
         self.vocab.contains(word) || self.known.contains(word)
     }
@@ -239,11 +359,13 @@ impl Lexicon {
             return None;
         }
         let key = key(word);
-        let mut probes = HashSet::new();
-        deletions(&key, if key.len() >= 9 { 2 } else { 1 }, &mut probes);
+        if key.len() > MAX_KEY {
+            return None;
+        }
+        let hashes = KeyHash::new(&key);
         let mut best: Option<(usize, u32)> = None;
-        for probe in &probes {
-            let Some(ids) = self.index.get(probe.as_str()) else {
+        for skip in deletion_skips(key.len(), if key.len() >= 9 { 2 } else { 1 }) {
+            let Some(ids) = self.index.get(&hashes.without(skip)) else {
                 continue;
             };
             for &id in ids {
@@ -266,6 +388,20 @@ impl Lexicon {
     /// runs between them (a spaced-letter run may carry filler); fewest leftovers, then fewest
     /// pieces.
     fn segment(&self, word: &str, allow_rest: bool) -> Option<Vec<(usize, usize, bool)>> {
+        // Cheap pre-check for run-together words: they start with a vocabulary word.
+        if !allow_rest && !self.could_start(word) {
+            return None;
+        }
+        if !allow_rest
+            && !word
+                .char_indices()
+                .map(|(i, c)| i + c.len_utf8())
+                .skip(MIN_PIECE - 1)
+                .take_while(|&end| end <= self.max_len)
+                .any(|end| end < word.len() && self.vocab.contains(&word[..end]))
+        {
+            return None;
+        }
         let bounds: Vec<usize> = word
             .char_indices()
             .map(|(i, _)| i)
@@ -342,6 +478,7 @@ impl Lexicon {
             e - s > first && base.boundary.get(s + first).copied().unwrap_or(false)
         };
         let mut out = Builder::default();
+        let mut scratch = String::new();
         let mut changed = false;
         let mut i = 0;
         while i < spans.len() {
@@ -360,7 +497,7 @@ impl Lexicon {
             }
             if is_word(word) && !spaced(span) {
                 // 2. Split words.
-                if let Some(joined) = self.join(text, &spans[i..], &spaced) {
+                if let Some(joined) = self.join(text, &spans[i..], &spaced, &mut scratch) {
                     out.joined(base, &spans[i..i + joined]);
                     changed = true;
                     i += joined;
@@ -399,17 +536,25 @@ impl Lexicon {
         text: &str,
         spans: &[(usize, usize)],
         spaced: &impl Fn((usize, usize)) -> bool,
+        joined: &mut String,
     ) -> Option<usize> {
-        let mut joined = String::new();
+        joined.clear();
+        // A join starts like a vocabulary word: check that on the first word (and its
+        // successor when the first is too short to tell).
+        let first = &text[spans.first()?.0..spans.first()?.1];
+        if first.chars().count() >= MIN_PIECE && !self.could_start(first) {
+            return None;
+        }
         for (k, &span) in spans.iter().take(3).enumerate() {
             let part = &text[span.0..span.1];
-            if !is_word(part) || (k > 0 && spaced(span)) {
+            if !is_word(part) || (k > 0 && spaced(span)) || joined.len() + part.len() > self.max_len
+            {
                 return None;
             }
             joined.push_str(part);
             if k >= 1
                 && joined.chars().count() >= MIN_JOINED
-                && self.vocab.contains(&joined)
+                && self.vocab.contains(joined.as_str())
                 && !spans[..=k].iter().all(|s| self.is_known(&text[s.0..s.1]))
             {
                 return Some(k + 1);

@@ -112,6 +112,10 @@ pub struct Policy {
     phrase_count: usize,
     /// Per phrase: written `stem*`, so it needs no word boundary at its end.
     prefix: Vec<bool>,
+    /// Per phrase: the sets it belongs to.
+    phrase_sets: Vec<Vec<usize>>,
+    /// Per regex: the sets it belongs to.
+    regex_sets: Vec<Vec<usize>>,
     lexicon: Lexicon,
     regex_set: RegexSet,
     regexes: Vec<Regex>,
@@ -157,11 +161,21 @@ impl Evaluation {
 /// Where phrases and regexes matched in one prompt.
 struct Hits<'a> {
     normalized: &'a Normalized,
-    /// Per phrase: (form, start, end) of each whole-word match.
-    phrases: Vec<Vec<(usize, usize, usize)>>,
+    /// (phrase, form, start, end) of each term match, sorted by phrase: a prompt matches a
+    /// handful of the thousands of terms, so a per-phrase table would cost more than the scan.
+    phrases: Vec<(usize, usize, usize, usize)>,
     /// Per regex: forms it matched in.
     regexes: Vec<Vec<usize>>,
     sets: Vec<bool>,
+}
+
+impl Hits<'_> {
+    /// The matches of phrase `p`.
+    fn phrase(&self, p: usize) -> &[(usize, usize, usize, usize)] {
+        let start = self.phrases.partition_point(|h| h.0 < p);
+        let end = self.phrases.partition_point(|h| h.0 <= p);
+        &self.phrases[start..end]
+    }
 }
 
 /// Word positions of set matches, worked out on first use by a windowed rule.
@@ -391,6 +405,16 @@ impl Policy {
             .map_err(|e| PolicyError::Compile(e.to_string()))?;
         let regex_set =
             RegexSet::new(&regex_sources).map_err(|e| PolicyError::Compile(e.to_string()))?;
+        let mut phrase_sets = vec![Vec::new(); phrase_texts.len()];
+        let mut regex_sets = vec![Vec::new(); regexes.len()];
+        for (s, set) in sets.iter().enumerate() {
+            for &p in &set.phrases {
+                phrase_sets[p].push(s);
+            }
+            for &r in &set.regexes {
+                regex_sets[r].push(s);
+            }
+        }
         let lexicon = Lexicon::new(
             phrase_texts
                 .iter()
@@ -411,6 +435,8 @@ impl Policy {
             phrases,
             phrase_count: phrase_texts.len(),
             prefix,
+            phrase_sets,
+            regex_sets,
             lexicon,
             regex_set,
             regexes,
@@ -438,15 +464,13 @@ impl Policy {
     }
 
     fn hits<'a>(&self, normalized: &'a Normalized) -> Hits<'a> {
-        let mut phrases = vec![Vec::new(); self.phrase_count];
+        let mut phrases = Vec::new();
         let mut regexes = vec![Vec::new(); self.regexes.len()];
         for (f, form) in normalized.forms().iter().enumerate() {
             for m in self.phrases.find_overlapping_iter(form.text()) {
                 let p = m.pattern().as_usize();
-                if form.is_term_match(m.start(), m.end(), self.prefix.get(p) == Some(&true))
-                    && let Some(slot) = phrases.get_mut(p)
-                {
-                    slot.push((f, m.start(), m.end()));
+                if form.is_term_match(m.start(), m.end(), self.prefix.get(p) == Some(&true)) {
+                    phrases.push((p, f, m.start(), m.end()));
                 }
             }
             for r in self.regex_set.matches(form.text()).iter() {
@@ -455,14 +479,20 @@ impl Policy {
                 }
             }
         }
-        let sets = self
-            .sets
-            .iter()
-            .map(|s| {
-                s.phrases.iter().any(|&p| !phrases[p].is_empty())
-                    || s.regexes.iter().any(|&r| !regexes[r].is_empty())
-            })
-            .collect();
+        phrases.sort_unstable();
+        let mut sets = vec![false; self.sets.len()];
+        for &(p, ..) in &phrases {
+            for &s in self.phrase_sets.get(p).map_or(&[][..], Vec::as_slice) {
+                sets[s] = true;
+            }
+        }
+        for (r, forms) in regexes.iter().enumerate() {
+            if !forms.is_empty() {
+                for &s in self.regex_sets.get(r).map_or(&[][..], Vec::as_slice) {
+                    sets[s] = true;
+                }
+            }
+        }
         Hits {
             normalized,
             phrases,
@@ -495,7 +525,7 @@ impl Policy {
             let mut phrase_ids = Vec::new();
             let mut regex_ids = Vec::new();
             for (phrase, audit) in &cat.terms {
-                if !hits.phrases[*phrase].is_empty() {
+                if !hits.phrase(*phrase).is_empty() {
                     rules.push(audit.clone());
                     phrase_ids.push(*phrase);
                 }
@@ -589,7 +619,7 @@ impl Policy {
             return located;
         };
         for &p in &set.phrases {
-            for &(f, start, end) in &hits.phrases[p] {
+            for &(_, f, start, end) in hits.phrase(p) {
                 if let Some(form) = forms.get(f) {
                     located.extend(words.locate(form, start, end));
                 }
@@ -617,7 +647,7 @@ impl Policy {
         let forms = hits.normalized.forms();
         let mut spans = Vec::new();
         for &p in phrase_ids {
-            for &(f, start, end) in &hits.phrases[p] {
+            for &(_, f, start, end) in hits.phrase(p) {
                 spans.extend(forms.get(f).and_then(|form| form.origin_range(start, end)));
             }
         }
