@@ -55,6 +55,22 @@ pub(crate) fn yuv_to_rgb([y, u, v]: [u8; 3]) -> [u8; 3] {
     [saturate(r), saturate(g), saturate(b)]
 }
 
+/// The change of `[r, g, b]` that moves U by `du` and leaves Y and V (nearly) unchanged: the
+/// derivative of [`yuv_to_rgb`] along U, with OpenCV's coefficients, rounded to whole levels.
+///
+/// R does not depend on U; G changes by `-0.395 du` and B by `2.032 du`. Because the change is
+/// a function of `du` alone, its largest value over `|du| <= 13.5` (the most the watermark
+/// moves one pixel's U, see `dwt_dct`) is the bound [`crate::MAX_CHANNEL_CHANGE`].
+pub(crate) fn rgb_delta_for_u(du: f64) -> [i32; 3] {
+    let scale = f64::from(1 << SHIFT);
+    // The values are at most 2.1 * |du| in magnitude, far inside i32.
+    [
+        0,
+        (du * f64::from(U2G) / scale).round() as i32,
+        (du * f64::from(U2B) / scale).round() as i32,
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +101,30 @@ mod tests {
             }
         }
         assert!(changed > 0);
+    }
+
+    #[test]
+    fn the_u_delta_moves_u_and_hardly_y_or_v() {
+        // Away from the gamut's edges, rgb_to_yuv of the shifted pixel reads U moved by the
+        // rounded delta (within one level of rounding) and Y, V within one level.
+        for du in [-13.5, -7.25, -1.0, 0.5, 6.0, 13.5] {
+            let [dr, dg, db] = rgb_delta_for_u(du);
+            let shift = |c: u8, d: i32| (i32::from(c) + d) as u8;
+            for rgb in [[100, 120, 110], [60, 90, 200], [200, 50, 40]] {
+                let [y0, u0, v0] = rgb_to_yuv(rgb);
+                let [y1, u1, v1] =
+                    rgb_to_yuv([shift(rgb[0], dr), shift(rgb[1], dg), shift(rgb[2], db)]);
+                let moved = f64::from(u1) - f64::from(u0);
+                assert!((moved - du).abs() <= 1.5, "{rgb:?} {du}: U moved {moved}");
+                assert!(
+                    (i32::from(y1) - i32::from(y0)).abs() <= 1,
+                    "{rgb:?} {du}: Y"
+                );
+                assert!(
+                    (i32::from(v1) - i32::from(v0)).abs() <= 1,
+                    "{rgb:?} {du}: V"
+                );
+            }
+        }
     }
 }

@@ -18,10 +18,32 @@
 //! Reading repeats steps 1–3 and votes per block: `1` if `|v| mod 36 > 18`. A bit is 1 when the
 //! mean of its votes, times 255, exceeds 127; a bit without votes reads 0 (NumPy's mean of an
 //! empty list is NaN, and NaN compares false).
+//!
+//! **Two ways to write the mark back.** Step 4 of the reference corrupts pixels: a U value past
+//! 0 or 255 wraps around (a near-white pixel's blue channel can become 0), the swapped bands
+//! exchange the chroma of diagonal neighbours along every edge, and every pixel goes through the
+//! lossy 8-bit YUV round trip (pure red becomes (221, 17, 1)). So:
+//! - [`encode`] (the default, and the only mode the worker uses) writes the same kind of mark
+//!   as a *saturating change* of the original RGB pixels. Per block it moves the largest
+//!   approximation coefficient's magnitude to the **nearest** centre of a bin that reads the
+//!   bit (the reference rounds down; the decoder only reads `|v| mod 36`), or to the centre on
+//!   the other side when saturation keeps the pixels from reaching the nearest (near-black
+//!   pixels cannot lose blue); when the move leaves another coefficient the largest (the
+//!   reference's 0-bits flip that way), it quantises that one too, until the largest is
+//!   quantised. Each coefficient owns one 2×2 quad, whose four U values move by half the
+//!   coefficient's move; each of those pixels gets the RGB change that moves U by that much
+//!   ([`color::rgb_delta_for_u`]: R unchanged, G by `-0.395`, B by `2.032` times it, rounded),
+//!   added with saturation at 0 and 255. Nothing else changes: a pixel moves at most once, by
+//!   at most [`MAX_CHANNEL_CHANGE`] levels per channel (R 0, G 5, B 27), and pixels of
+//!   unquantised quads keep their bytes. The package's decoder reads the mark (it only looks
+//!   at `|v| mod 36` of each block's largest coefficient), better than the package's own
+//!   output (numbers in the crate README).
+//! - [`encode_reference_exact`] repeats the package byte for byte, wrap-around included. It
+//!   exists for the parity tests only; the stage and the worker never call it.
 
 use image::RgbImage;
 
-use crate::color::{rgb_to_yuv, yuv_to_rgb};
+use crate::color::{self, rgb_to_yuv, yuv_to_rgb};
 use crate::error::WatermarkError;
 use crate::haar::{self, Quad};
 
@@ -31,6 +53,28 @@ pub const SCALE: f64 = 36.0;
 pub const BLOCK: usize = 4;
 /// Fewest pixels (`width * height`) the reference accepts: `r*c < 256*256` raises.
 pub const MIN_PIXELS: u64 = 256 * 256;
+
+/// The most [`encode`] changes any pixel, per channel `[r, g, b]`, in 8-bit levels.
+///
+/// Derivation: a quantised coefficient moves by at most `Δ = 27` (`0.75 * 36`: to the nearest
+/// centre of a bin that reads its bit, at most 18 away, or where saturation keeps the pixels
+/// from getting there, to the centre on the other side if that is at most 27 away, the
+/// reference's own largest move); each pixel changes at most once (one coefficient per 2×2
+/// quad); the inverse Haar spreads `Δ` over the quad as `Δ · (1/√2)² = Δ / 2`, at most 13.5 in
+/// U per pixel; OpenCV's YUV→RGB turns a U change `d` into `0` in R, `-0.395 d` in G
+/// (`round(5.33) = 5`) and `2.032 d` in B (`round(27.43) = 27`). Saturation only shortens a
+/// change. Unit tests recompute these numbers; `tests/bounded.rs` checks them on images.
+pub const MAX_CHANNEL_CHANGE: [u8; 3] = [0, 5, 27];
+
+/// The most [`encode`] changes any channel of any pixel: the largest of
+/// [`MAX_CHANNEL_CHANGE`], 27 levels (in blue).
+pub const MAX_PIXEL_CHANGE: u8 = 27;
+
+/// The largest change of one approximation coefficient by [`encode`]: `0.75 * SCALE`, as the
+/// reference's own quantisation. The nearest bin centre is at most `0.5 * SCALE` away; the
+/// centre on the other side is used when saturation keeps the pixels from reaching the
+/// nearest, and only if it is within this distance.
+const MAX_COEFFICIENT_CHANGE: f64 = 0.75 * SCALE;
 
 /// The votes of the blocks that carry one payload bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -95,14 +139,63 @@ fn check_size(image: &RgbImage) -> Result<(), WatermarkError> {
     Ok(())
 }
 
-/// Embeds `payload_bits` into `image`, exactly like
-/// `WatermarkEncoder().set_by_bits(bits); encode(bgr, 'dwtDct')` on the same pixels in BGR order.
+/// Embeds `payload_bits` into `image` with the `dwtDct` quantisation, changing each pixel by at
+/// most [`MAX_CHANNEL_CHANGE`] (saturating, never wrapping); see the module docs.
 ///
-/// Every pixel changes a little (the 8-bit YUV round trip is lossy), not only the watermarked
-/// ones. Errors: [`WatermarkError::TooSmall`] under [`MIN_PIXELS`] pixels (as the reference),
+/// The mark is the reference's: the package's decoder (and [`decode`]) read the same
+/// coefficients as from [`encode_reference_exact`]'s output. Only the pixels of the quantised
+/// coefficients' 2×2 quads change (4 of every 64); every other pixel keeps its bytes.
+///
+/// Errors: [`WatermarkError::TooSmall`] under [`MIN_PIXELS`] pixels (as the reference),
 /// [`WatermarkError::EmptyPayload`]. A payload longer than [`capacity`] is embedded partially,
 /// as the reference does; the stage refuses that case.
 pub fn encode(image: &RgbImage, payload_bits: &[bool]) -> Result<RgbImage, WatermarkError> {
+    check_size(image)?;
+    if payload_bits.is_empty() {
+        return Err(WatermarkError::EmptyPayload);
+    }
+    let (width, height) = (image.width() as usize, image.height() as usize);
+    let yuv: Vec<[u8; 3]> = image.pixels().map(|p| rgb_to_yuv(p.0)).collect();
+    let mut bands = Bands::of_u(&yuv, width, height);
+    let mut marked = image.clone();
+    for (n, block) in bands.blocks().enumerate() {
+        let bit = payload_bits[n % payload_bits.len()];
+        // Quantise the block's largest coefficient, as the reference does. Lowering it can
+        // leave another coefficient the largest, which the decoder then reads instead (the
+        // reference's 0-bits flip that way): quantise that one too, until the largest is one
+        // already quantised. Each coefficient is its own 2×2 quad of pixels, so a pixel still
+        // changes at most once and the bound holds.
+        let mut quantised = [false; BLOCK * BLOCK];
+        loop {
+            let position = max_position(&bands.ca, block);
+            if quantised[position] {
+                break;
+            }
+            quantised[position] = true;
+            let index = block.index(position);
+            let (row, col) = (index / bands.cols, index % bands.cols);
+            let quad = Quad2x2::at(&marked, row, col);
+            let (pixels, read) = quad.best_shift(bands.ca[index], bit);
+            quad.write(&mut marked, pixels);
+            // What the decoder will compute for this coefficient, so the next round's choice
+            // of the largest sees the real values.
+            bands.ca[index] = read;
+        }
+    }
+    Ok(marked)
+}
+
+/// Embeds `payload_bits` into `image` exactly like
+/// `WatermarkEncoder().set_by_bits(bits); encode(bgr, 'dwtDct')` on the same pixels in BGR order,
+/// **including its pixel corruption** (wrap-around past 0 and 255, chroma of 2×2 quads
+/// transposed, every pixel through the 8-bit YUV round trip).
+///
+/// For parity tests against the package only: outputs should use [`encode`]. Same errors as
+/// [`encode`].
+pub fn encode_reference_exact(
+    image: &RgbImage,
+    payload_bits: &[bool],
+) -> Result<RgbImage, WatermarkError> {
     check_size(image)?;
     if payload_bits.is_empty() {
         return Err(WatermarkError::EmptyPayload);
@@ -302,13 +395,110 @@ fn floor_div(a: f64, b: f64) -> f64 {
     }
 }
 
-/// `EmbedMaxDct.diffuse_dct_matrix`.
+/// The four pixels of one approximation coefficient: band `(row, col)` covers pixels
+/// `(2 row .. 2 row + 1, 2 col .. 2 col + 1)`, all inside the image (the bands cover its crop to
+/// multiples of 4).
+struct Quad2x2 {
+    row: usize,
+    col: usize,
+    /// `[top-left, top-right, bottom-left, bottom-right]`, RGB.
+    pixels: [[u8; 3]; 4],
+}
+
+impl Quad2x2 {
+    const OFFSETS: [(usize, usize); 4] = [(0, 0), (0, 1), (1, 0), (1, 1)];
+
+    fn at(image: &RgbImage, row: usize, col: usize) -> Self {
+        let pixels = Self::OFFSETS.map(|(y, x)| {
+            image
+                .get_pixel((2 * col + x) as u32, (2 * row + y) as u32)
+                .0
+        });
+        Self { row, col, pixels }
+    }
+
+    fn write(&self, image: &mut RgbImage, pixels: [[u8; 3]; 4]) {
+        for ((y, x), rgb) in Self::OFFSETS.into_iter().zip(pixels) {
+            image.put_pixel(
+                (2 * self.col + x) as u32,
+                (2 * self.row + y) as u32,
+                image::Rgb(rgb),
+            );
+        }
+    }
+
+    /// The quad after moving its coefficient by `delta`: each pixel shifted by the RGB change
+    /// that moves U by `delta / 2` (the inverse Haar of a change of cA alone), saturated; and
+    /// the coefficient the decoder computes from those pixels.
+    fn shifted(&self, delta: f64) -> ([[u8; 3]; 4], f64) {
+        let shift = color::rgb_delta_for_u(delta * 0.5);
+        let pixels = self
+            .pixels
+            .map(|rgb| std::array::from_fn(|c| (i32::from(rgb[c]) + shift[c]).clamp(0, 255) as u8));
+        let [a, b, c, d] = pixels.map(|rgb| f64::from(rgb_to_yuv(rgb)[1]));
+        (pixels, haar::forward(a, b, c, d).ca)
+    }
+
+    /// Quantises the quad's coefficient `value` to `bit`: to the nearest bin centre that reads
+    /// it, or, when saturation keeps the pixels from getting there (near-black pixels cannot
+    /// lose blue, near-white ones cannot gain it), to the centre on the other side if that is
+    /// at most [`MAX_COEFFICIENT_CHANGE`] away and reads better. Returns the pixels and the
+    /// coefficient the decoder will read.
+    fn best_shift(&self, value: f64, bit: bool) -> ([[u8; 3]; 4], f64) {
+        let [nearest, other] = bin_centres(value, bit);
+        let (pixels, read) = self.shifted(nearest - value);
+        let miss = (read - nearest).abs();
+        // A quarter bin: the read still lands well inside the bit's half of the bin.
+        if miss <= 0.125 * SCALE || (other - value).abs() > MAX_COEFFICIENT_CHANGE {
+            return (pixels, read);
+        }
+        let (other_pixels, other_read) = self.shifted(other - value);
+        if (other_read - other).abs() < miss {
+            (other_pixels, other_read)
+        } else {
+            (pixels, read)
+        }
+    }
+}
+
+/// The two bin centres nearest to `value` whose magnitude reads `bit` (`36 j + 9` for 0,
+/// `36 j + 27` for 1, `j >= 0`), sign kept: `[nearest, next nearest]`.
+///
+/// The reference always rounds down (`floor(|v| / 36)`), a move of up to 27 that lowers most
+/// 0-bit coefficients; the decoder only reads `|v| mod 36`, so any centre reads the same. The
+/// nearest is at most 18 away when `|v| >= 27`, and every approximation coefficient of an
+/// 8-bit image is at least 33 (U >= 17 for every RGB colour, and cA is the quad's U sum over
+/// 2; a unit test checks both).
+fn bin_centres(value: f64, bit: bool) -> [f64; 2] {
+    let offset = if bit { 0.75 * SCALE } else { 0.25 * SCALE };
+    let magnitude = value.abs();
+    let below = floor_div(magnitude - offset, SCALE) * SCALE + offset;
+    let above = below + SCALE;
+    let [nearest, other] = if below >= 0.0 && magnitude - below <= above - magnitude {
+        [below, above]
+    } else if below >= 0.0 {
+        [above, below]
+    } else {
+        [above, above + SCALE]
+    };
+    let sign = if value >= 0.0 { 1.0 } else { -1.0 };
+    [sign * nearest, sign * other]
+}
+
+/// `EmbedMaxDct.diffuse_dct_matrix`: quantises the block's largest coefficient.
 fn embed_block(ca: &mut [f64], block: BlockAt, bit: bool) {
-    let index = block.index(max_position(ca, block));
+    quantise(ca, block.index(max_position(ca, block)), bit);
+}
+
+/// The reference's quantisation of one coefficient: magnitude `(floor(|v| / 36) + 0.25 + 0.5 *
+/// bit) * 36`, sign kept. Returns the change (`new - old`, at most [`MAX_COEFFICIENT_CHANGE`]
+/// in magnitude).
+fn quantise(ca: &mut [f64], index: usize, bit: bool) -> f64 {
     let value = ca[index];
     let bit = if bit { 1.0 } else { 0.0 };
     let magnitude = (floor_div(value.abs(), SCALE) + 0.25 + 0.5 * bit) * SCALE;
     ca[index] = if value >= 0.0 { magnitude } else { -magnitude };
+    ca[index] - value
 }
 
 /// `EmbedMaxDct.infer_dct_matrix`: `(|v| mod 36) > 18`.
@@ -358,6 +548,58 @@ mod tests {
         let detection = detect(&marked, payload.bits(), DEFAULT_DETECT_THRESHOLD).expect("detect");
         assert!(detection.verdict, "{detection:?}");
         assert!(detect(&image, payload.bits(), 1.5).is_err());
+    }
+
+    #[test]
+    fn the_change_bound_follows_from_the_quantisation_and_the_conversion() {
+        // Every coefficient of an 8-bit image is at least 2 * min U (the Haar approximation is
+        // the quad's sum over 2), and min U over all 2^24 colours is 17.
+        let mut min_u = u8::MAX;
+        for rgb in 0..1u32 << 24 {
+            let [_, r, g, b] = rgb.to_be_bytes();
+            min_u = min_u.min(rgb_to_yuv([r, g, b])[1]);
+        }
+        assert_eq!(min_u, 17);
+        let smallest_coefficient = haar::forward(17.0, 17.0, 17.0, 17.0).ca;
+        assert!(smallest_coefficient > 33.9, "{smallest_coefficient}");
+        // From there up, the nearest centre is at most 18 away, the other one further; both
+        // read the bit and keep the sign. The reference's rounding down moves up to 27.
+        let (mut largest, mut reference_largest): (f64, f64) = (0.0, 0.0);
+        for step in 0..20_000 {
+            let magnitude = smallest_coefficient + f64::from(step) * 0.0731;
+            for value in [magnitude, -magnitude] {
+                for bit in [false, true] {
+                    let [nearest, other] = bin_centres(value, bit);
+                    for centre in [nearest, other] {
+                        assert_eq!(centre.abs() % SCALE > 0.5 * SCALE, bit, "{value} {bit}");
+                        assert_eq!(centre.signum(), value.signum());
+                    }
+                    assert!((nearest - value).abs() <= (other - value).abs());
+                    largest = largest.max((nearest - value).abs());
+                    let mut reference = vec![value];
+                    let moved = quantise(&mut reference, 0, bit).abs();
+                    reference_largest = reference_largest.max(moved);
+                }
+            }
+        }
+        assert!(largest <= 0.5 * SCALE && largest > 17.9, "{largest}");
+        assert!(reference_largest > 26.9, "{reference_largest}");
+        assert!(reference_largest <= MAX_COEFFICIENT_CHANGE);
+        // Half of it per pixel of the quad, in U; the RGB change of every U change up to that.
+        let mut max = [0u8; 3];
+        for step in -864..=864 {
+            let delta = color::rgb_delta_for_u(f64::from(step) / 64.0);
+            for c in 0..3 {
+                max[c] = max[c].max(delta[c].unsigned_abs() as u8);
+            }
+        }
+        assert_eq!(
+            max,
+            MAX_CHANNEL_CHANGE,
+            "U change up to {}",
+            MAX_COEFFICIENT_CHANGE / 2.0
+        );
+        assert_eq!(MAX_PIXEL_CHANGE, *max.iter().max().expect("three channels"));
     }
 
     #[test]

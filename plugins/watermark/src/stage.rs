@@ -4,6 +4,10 @@
 //! black out an image; anything after the watermark that changes pixels damages it) and before
 //! a provenance stage, which signs the final pixels. In the default chain it is the last stage.
 //! The worker runs stages in the configured order and does not reorder them.
+//!
+//! **Pixels.** The stage embeds with [`dwt_dct::encode`]: every pixel changes by at most
+//! [`crate::MAX_CHANNEL_CHANGE`] levels, saturating. The package's byte-exact embedding (which
+//! wraps values around) is not reachable from configuration.
 
 use std::collections::BTreeMap;
 
@@ -270,6 +274,12 @@ small_images = "skip"
         );
         assert!(toml::from_str::<WatermarkConfig>("payloads = { text = \"x\" }").is_err());
         assert!(toml::from_str::<WatermarkConfig>("payload = { json = \"x\" }").is_err());
+        // The package's pixel-corrupting embedding exists for parity tests only: no key of the
+        // stage's configuration selects it.
+        for key in ["mode", "embedding", "reference_exact", "wrap"] {
+            let text = format!("{key} = \"reference-exact\"");
+            assert!(toml::from_str::<WatermarkConfig>(&text).is_err(), "{key}");
+        }
         let json = serde_json::to_value(WatermarkConfig::default()).expect("json");
         assert_eq!(json["payload"]["text"], "StableDiffusionV1-Inpainting");
         assert_eq!(json["small_images"], "refuse");
@@ -326,8 +336,15 @@ small_images = "skip"
         let scores = &out.reports[0].scores;
         assert_eq!(out.reports[0].stage, "watermark");
         assert_eq!(scores["bits_total"], 224.0);
-        // This noise image reads back 153 of 224 bits: the reference loses 0-bits on its own.
-        assert!(scores["bits_matched"] >= 146.0, "{scores:?}");
+        // The package's own embedding reads back 153 of 224 bits of this image (it loses
+        // 0-bits on its own); the stage's bounded embedding must not read fewer.
+        let reference =
+            dwt_dct::encode_reference_exact(&image, Payload::default().bits()).expect("reference");
+        let reference_read = dwt_dct::detect(&reference, Payload::default().bits(), 0.65)
+            .expect("detect")
+            .bits_matched;
+        assert_eq!(reference_read, 153);
+        assert!(scores["bits_matched"] >= 153.0, "{scores:?}");
         assert!(
             outcome
                 .audit

@@ -9,6 +9,12 @@ Modes:
                                     with the package
   generate.py --measure D           robustness of the package's marks on D/*.png against Pillow
                                     JPEG (4:4:4 and 4:2:0) at several qualities
+  generate.py --compare-bounded D   the package's decoder on the Rust default (bounded, clipping)
+                                    encoder's outputs D/rust_<name>.png versus on the package's
+                                    own embedding of D/input_<name>.png (payload D/payload.txt);
+                                    written by `INPAINT_WATERMARK_BOUNDED_OUT=D cargo test -p
+                                    inpaint-watermark --test bounded`. Exit 1 when the package
+                                    reads fewer bits from the Rust outputs in total.
 
 It also checks, on all 2^24 inputs, that OpenCV's 8-bit BGR<->YUV conversions equal the
 fixed-point formulas the Rust crate implements (plugins/watermark/src/color.rs).
@@ -247,11 +253,37 @@ def measure(directory):
         print(row["image"].ljust(16) + "".join(str(row[k]).rjust(10) for k in keys))
 
 
+def compare_bounded(directory):
+    directory = Path(directory)
+    bits = [int(c) for c in (directory / "payload.txt").read_text().strip()]
+    print(f"bits matched of {len(bits)} by the package's decoder; max |change| per channel (R, G, B)")
+    print(f"{'image':18}{'package embed':>15}{'rust bounded':>14}   {'package change':18}{'rust change':14}")
+    totals = [0, 0]
+    for path in sorted(directory.glob("input_*.png")):
+        name = path.stem[len("input_"):]
+        rgb = load_png(path)
+        ours = load_png(directory / f"rust_{name}.png")
+        theirs = embed(rgb, bits)
+        read = [sum(a == b for a, b in zip(decode(img, len(bits)), bits)) for img in (theirs, ours)]
+        change = [
+            tuple(int(v) for v in np.abs(img.astype(int) - rgb.astype(int)).reshape(-1, 3).max(axis=0))
+            for img in (theirs, ours)
+        ]
+        totals[0] += read[0]
+        totals[1] += read[1]
+        print(f"{name:18}{read[0]:>15}{read[1]:>14}   {str(change[0]):18}{str(change[1]):14}")
+    print(f"{'total':18}{totals[0]:>15}{totals[1]:>14}")
+    return totals[1] < totals[0]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check-rust-output", metavar="DIR")
     parser.add_argument("--measure", metavar="DIR")
+    parser.add_argument("--compare-bounded", metavar="DIR")
     args = parser.parse_args()
+    if args.compare_bounded:
+        sys.exit(1 if compare_bounded(args.compare_bounded) else 0)
     if args.check_rust_output:
         sys.exit(1 if check_rust_output(args.check_rust_output) else 0)
     if args.measure:
