@@ -1,16 +1,21 @@
-//! [`ObjectRef`]: a validated `s3://bucket/key`, the only way a job names an object.
+//! [`ObjectRef`]: a validated `s3://bucket/key`, the only way a job names an object, and the
+//! one place a key becomes an `object_store` path ([`ObjectRef::location`]).
 
 use std::fmt;
 use std::str::FromStr;
+
+use object_store::path::Path;
 
 use crate::StorageError;
 
 /// A bucket and a key, parsed from `s3://bucket/key`.
 ///
 /// Bucket names follow the S3 rules (3–63 characters of lowercase letters, digits, `-` and `.`,
-/// starting and ending with a letter or digit). Keys are non-empty, at most 1024 bytes, and have
-/// no empty, `.` or `..` segments, so a key can never climb out of its bucket on a filesystem
-/// backend.
+/// starting and ending with a letter or digit). Keys are non-empty, at most 1024 bytes, hold no
+/// ASCII control character (`\x00`–`\x1f`, `\x7f`) and have no empty, `.` or `..` segments, so a
+/// key can never climb out of its bucket on a filesystem backend. These are the job schema's
+/// rules (`schemas/inpaint-job.v1.schema.json`, `ObjectUri`); every other character, `%`, `+`,
+/// spaces and non-ASCII letters included, is part of the key as written.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectRef {
     bucket: String,
@@ -38,6 +43,31 @@ impl ObjectRef {
     /// The key inside the bucket.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The key as an `object_store` path whose text is the key itself, byte for byte.
+    ///
+    /// `Path::from(&str)` would percent-encode every non-ASCII byte and `%`, `#`, `?`, `*`, `~`,
+    /// `^`, `|`, `` ` ``, `"`, `\\`, `<`, `>`, brackets and braces in each segment, so
+    /// `my photo+é.png` would be stored and looked up as `my photo+%C3%A9.png` and `%2e` as
+    /// `%252e`: objects written by others are "not found", and outputs land under another key
+    /// than the one reported. `Path::parse` keeps the text, and the S3 client percent-encodes it
+    /// once, for the URL only. It refuses what [`ObjectRef::new`] already refused (empty, `.`
+    /// and `..` segments, ASCII control characters), so the error below means the two rule sets
+    /// drifted apart.
+    pub fn location(&self) -> Result<Path, StorageError> {
+        let location = Path::parse(&self.key).map_err(|e| StorageError::InvalidRef {
+            reference: self.to_string(),
+            reason: format!("the object store cannot name this key: {e}"),
+        })?;
+        // Path::parse drops one leading or trailing '/'; keys have neither (no empty segment).
+        if location.as_ref() != self.key {
+            return Err(StorageError::InvalidRef {
+                reference: self.to_string(),
+                reason: format!("the object store would name it {:?}", location.as_ref()),
+            });
+        }
+        Ok(location)
     }
 }
 
@@ -71,7 +101,9 @@ fn check_key(key: &str) -> Result<(), String> {
     if key.len() > 1024 {
         return Err(format!("key is {} bytes, more than S3's 1024", key.len()));
     }
-    if key.chars().any(char::is_control) {
+    // ASCII controls only, like the schema: C1 controls (U+0080..U+009F) are valid UTF-8 key
+    // characters for S3 and the schema allows them.
+    if key.chars().any(|c| c.is_ascii_control()) {
         return Err("key contains control characters".into());
     }
     if key
@@ -147,6 +179,22 @@ mod tests {
         ] {
             let err = text.parse::<ObjectRef>().expect_err(text).to_string();
             assert!(err.contains(reason), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_location_is_the_key_verbatim() {
+        for key in [
+            "my photo+é.png",
+            "sp ace+é/%2e%2e/0.png",
+            "%C3%A9 #?*~^|`\"\\<>[]{}=&.png",
+            "中文/日本語/한국어/عربي/🙂.png",
+            "a/b\u{85}c/d",
+            "...",
+            ".a/..b",
+        ] {
+            let r = ObjectRef::new("bucket", key).expect(key);
+            assert_eq!(r.location().expect(key).as_ref(), key);
         }
     }
 
