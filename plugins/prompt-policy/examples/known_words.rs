@@ -28,10 +28,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let policy = builder.build()?;
     let lexicon = policy.lexicon();
-    let dictionary: BTreeSet<String> = std::fs::read_to_string(path)?
+    let text = std::fs::read_to_string(path)?;
+    let dictionary: BTreeSet<String> = text
         .lines()
         .map(normalize_term)
         .filter(|w| !w.is_empty() && !w.contains(' '))
+        .collect();
+    // Halves of a listed word are only protected when both are common words: lower-case
+    // entries of two letters or more (the list also holds names and letters: `Ned`, `es`).
+    let common: BTreeSet<String> = text
+        .lines()
+        .filter(|l| l.chars().next().is_some_and(char::is_lowercase) && !l.contains('\''))
+        .map(normalize_term)
+        .filter(|w| w.chars().count() >= 2 && !w.contains(' '))
         .collect();
     let mut known = BTreeSet::new();
     for word in &dictionary {
@@ -42,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for listed in lexicon.vocabulary() {
         for (cut, _) in listed.char_indices().skip(1) {
             let (a, b) = listed.split_at(cut);
-            if dictionary.contains(a) && dictionary.contains(b) {
+            if common.contains(a) && common.contains(b) {
                 known.insert(a.to_owned());
                 known.insert(b.to_owned());
             }

@@ -102,3 +102,65 @@ pub const DEFAULT_SOURCES: [(&str, &str); 23] = [
 
 /// The languages every built-in category has terms in (ISO 639-1), English first.
 pub const LANGUAGES: [&str; 10] = ["en", "es", "pt", "fr", "de", "it", "ru", "ja", "zh", "ko"];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::file::{PolicyDef, RuleKind};
+
+    /// The concept file of each built-in language.
+    fn language_file(language: &str) -> &'static str {
+        let path = if language == "en" {
+            "ops/policy/sets.toml".to_owned()
+        } else {
+            format!("ops/policy/lang/{language}.toml")
+        };
+        DEFAULT_SOURCES
+            .iter()
+            .find(|(name, _)| *name == path)
+            .map(|(_, text)| *text)
+            .unwrap_or_else(|| panic!("no built-in file {path}"))
+    }
+
+    #[test]
+    fn every_category_has_terms_in_every_language() {
+        let mut all = PolicyDef::default();
+        for (name, text) in DEFAULT_SOURCES {
+            all.merge_source(name, text).expect("parses");
+        }
+        for language in LANGUAGES {
+            let mut def = PolicyDef::default();
+            def.merge_source(language, language_file(language))
+                .expect("parses");
+            let with_terms: BTreeSet<&str> = def
+                .sets
+                .iter()
+                .filter(|(_, set)| !set.terms.is_empty())
+                .map(|(name, _)| name.as_str())
+                .collect();
+            for category in &all.categories {
+                let concepts: BTreeSet<&str> = category
+                    .rules
+                    .iter()
+                    .flat_map(|rule| match &rule.kind {
+                        RuleKind::AllOf { sets, any, .. } => {
+                            sets.iter().chain(any).map(String::as_str).collect()
+                        }
+                        RuleKind::Regex(_) => Vec::new(),
+                    })
+                    .collect();
+                // Every concept a rule needs, except a concept made only of regexes.
+                for concept in &concepts {
+                    let regex_only = all.sets.get(*concept).is_some_and(|s| s.terms.is_empty());
+                    assert!(
+                        regex_only || with_terms.contains(concept),
+                        "category `{}`: concept `{concept}` has no {language} terms",
+                        category.id
+                    );
+                }
+            }
+        }
+    }
+}

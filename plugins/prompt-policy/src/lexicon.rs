@@ -47,6 +47,21 @@ pub const MIN_JOINED: usize = 5;
 pub const MIN_COMPOUND: usize = 7;
 /// Shortest vocabulary piece of a run-together word or a spaced-letter run.
 const MIN_PIECE: usize = 3;
+/// Shortest unknown word that is split even when function words and unknown letters are left
+/// over (`ABoyChainedToAWall`, `FotoEróticaDeUnaNiña`: CamelCase prompts whose short words
+/// keep the plain form from splitting them).
+pub const MIN_LOOSE_COMPOUND: usize = 12;
+
+/// Short function words of the Latin-script built-in languages: free pieces when a long
+/// run-together word is split (they are not vocabulary and would otherwise be leftovers).
+const FUNCTION_WORDS: &[&str] = &[
+    "a", "an", "the", "of", "on", "in", "at", "to", "with", "and", "or", "for", "by", "from",
+    "his", "her", "my", "is", "as", "into", "de", "la", "el", "los", "las", "en", "con", "y", "un",
+    "una", "del", "al", "mi", "su", "da", "do", "em", "na", "no", "com", "e", "um", "uma", "meu",
+    "minha", "le", "les", "du", "des", "une", "et", "au", "ma", "mon", "sur", "der", "die", "das",
+    "ein", "eine", "im", "am", "mit", "und", "auf", "von", "zu", "mein", "meine", "di", "il", "lo",
+    "della", "mia", "mio",
+];
 
 /// A small multiply-rotate hasher (the one rustc uses): the lexicon hashes short words many
 /// times per prompt, where SipHash's cost would dominate, and its keys are not attacker-chosen
@@ -153,11 +168,32 @@ fn deletion_skips(len: usize, depth: usize) -> impl Iterator<Item = (usize, usiz
     none.chain(one).chain(two)
 }
 
+/// How [`Lexicon::segment`] may split a word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// A spaced-letter run: function words and up to half the letters left over.
+    Spaced,
+    /// A run-together word: vocabulary pieces only.
+    Strict,
+    /// A long run-together word: function words and a quarter of the letters left over.
+    Loose,
+}
+
+/// What a piece of a split word is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    Vocab,
+    Function,
+    Rest,
+}
+
 /// The vocabulary of a compiled policy and the indexes the fixed form needs.
 #[derive(Debug, Clone, Default)]
 pub struct Lexicon {
     /// Every vocabulary word.
     vocab: FastSet,
+    /// Stems of `stem*` terms: a join may produce a word that starts with one.
+    stems: FastSet,
     /// Vocabulary words that are fuzzy targets, with their allowed distance rule.
     targets: Vec<Target>,
     /// Hash of a phonetic key (and of its deletions) → target ids.
@@ -258,14 +294,25 @@ fn is_word(word: &str) -> bool {
 
 impl Lexicon {
     /// A lexicon of the words of `terms` (normalised, space-separated), protecting `known`.
+    ///
+    /// `terms` are (normalised term, is a `stem*` prefix term).
     pub fn new<'a>(
-        terms: impl IntoIterator<Item = &'a str>,
+        terms: impl IntoIterator<Item = (&'a str, bool)>,
         known: impl IntoIterator<Item = String>,
     ) -> Self {
         let mut vocab = FastSet::default();
-        for term in terms {
-            for word in term.split(' ') {
-                if is_word(word) {
+        let mut stems = FastSet::default();
+        for (term, prefix) in terms {
+            let mut words = term.split(' ').peekable();
+            while let Some(word) = words.next() {
+                if !is_word(word) {
+                    continue;
+                }
+                if prefix && words.peek().is_none() {
+                    if word.chars().count() >= 4 {
+                        stems.insert(word.to_owned());
+                    }
+                } else {
                     vocab.insert(word.to_owned());
                 }
             }
@@ -298,6 +345,7 @@ impl Lexicon {
         let max_len = vocab.iter().map(String::len).max().unwrap_or(0);
         let starts = vocab
             .iter()
+            .chain(stems.iter())
             .filter_map(|w| {
                 w.char_indices()
                     .nth(MIN_PIECE)
@@ -306,6 +354,7 @@ impl Lexicon {
             .collect();
         Self {
             vocab,
+            stems,
             targets,
             index,
             known: known.into_iter().collect(),
@@ -326,7 +375,7 @@ impl Lexicon {
             return None;
         }
         if word.len() >= MIN_COMPOUND
-            && let Some(pieces) = self.segment(word, false)
+            && let Some(pieces) = self.split_compound(word)
         {
             return Some(
                 pieces
@@ -337,6 +386,26 @@ impl Lexicon {
             );
         }
         self.correct(word).map(str::to_owned)
+    }
+
+    /// A run-together word's pieces: vocabulary words only, or for a long word, with function
+    /// words and a few letters left over.
+    fn split_compound(&self, word: &str) -> Option<Vec<(usize, usize, bool)>> {
+        self.segment(word, Split::Strict).or_else(|| {
+            (word.chars().count() >= MIN_LOOSE_COMPOUND)
+                .then(|| self.segment(word, Split::Loose))
+                .flatten()
+        })
+    }
+
+    /// Whether `word` is a vocabulary word or starts with the stem of a `stem*` term.
+    fn is_vocab_or_stemmed(&self, word: &str) -> bool {
+        self.vocab.contains(word)
+            || word
+                .char_indices()
+                .map(|(i, c)| i + c.len_utf8())
+                .skip(3)
+                .any(|end| self.stems.contains(&word[..end]))
     }
 
     /// Whether some vocabulary word of [`MIN_PIECE`]+ characters may start like `text`.
@@ -383,22 +452,21 @@ impl Lexicon {
             .map(|t| t.word.as_str())
     }
 
-    /// Byte offsets where `word` splits into vocabulary pieces: `Some` when at least two
-    /// pieces of [`MIN_PIECE`]+ characters cover it, with `allow_rest` letters left over in
-    /// runs between them (a spaced-letter run may carry filler); fewest leftovers, then fewest
+    /// Byte ranges of the pieces `word` splits into, each marked `true` for a vocabulary word,
+    /// or `None` when it does not split under `mode`'s rules: vocabulary pieces of
+    /// [`MIN_PIECE`]+ characters, function words (except in [`Split::Strict`]) and leftover
+    /// letters in runs between them (not in [`Split::Strict`]); fewest leftovers, then fewest
     /// pieces.
-    fn segment(&self, word: &str, allow_rest: bool) -> Option<Vec<(usize, usize, bool)>> {
+    fn segment(&self, word: &str, mode: Split) -> Option<Vec<(usize, usize, bool)>> {
         // Cheap pre-check for run-together words: they start with a vocabulary word.
-        if !allow_rest && !self.could_start(word) {
-            return None;
-        }
-        if !allow_rest
-            && !word
-                .char_indices()
-                .map(|(i, c)| i + c.len_utf8())
-                .skip(MIN_PIECE - 1)
-                .take_while(|&end| end <= self.max_len)
-                .any(|end| end < word.len() && self.vocab.contains(&word[..end]))
+        if mode == Split::Strict
+            && (!self.could_start(word)
+                || !word
+                    .char_indices()
+                    .map(|(i, c)| i + c.len_utf8())
+                    .skip(MIN_PIECE - 1)
+                    .take_while(|&end| end <= self.max_len)
+                    .any(|end| end < word.len() && self.vocab.contains(&word[..end])))
         {
             return None;
         }
@@ -408,20 +476,27 @@ impl Lexicon {
             .chain([word.len()])
             .collect();
         let n = bounds.len() - 1;
-        // best[i]: (leftover chars, pieces, previous index, piece is a vocabulary word)
-        let mut best: Vec<Option<(usize, usize, usize, bool)>> = vec![None; n + 1];
-        best[0] = Some((0, 0, 0, false));
+        // best[i]: (leftover chars, pieces, vocabulary pieces, previous index, piece kind)
+        type Step = (usize, usize, usize, usize, Piece);
+        let mut best: Vec<Option<Step>> = vec![None; n + 1];
+        best[0] = Some((0, 0, 0, 0, Piece::Rest));
         for i in 0..n {
-            let Some((rest, pieces, _, _)) = best[i] else {
+            let Some((rest, pieces, vocab, _, _)) = best[i] else {
                 continue;
             };
-            let mut relax = |j: usize, cand: (usize, usize, usize, bool)| {
+            let mut relax = |j: usize, cand: Step| {
                 if best[j].is_none_or(|b| (cand.0, cand.1) < (b.0, b.1)) {
                     best[j] = Some(cand);
                 }
             };
-            if allow_rest {
-                relax(i + 1, (rest + 1, pieces, i, false));
+            if mode != Split::Strict {
+                relax(i + 1, (rest + 1, pieces, vocab, i, Piece::Rest));
+                for f in FUNCTION_WORDS {
+                    if word[bounds[i]..].starts_with(f) {
+                        let j = i + f.chars().count();
+                        relax(j, (rest, pieces + 1, vocab, i, Piece::Function));
+                    }
+                }
             }
             for j in (i + MIN_PIECE)..=n {
                 let piece = &word[bounds[i]..bounds[j]];
@@ -429,34 +504,44 @@ impl Lexicon {
                     break;
                 }
                 if self.vocab.contains(piece) {
-                    relax(j, (rest, pieces + 1, i, true));
+                    relax(j, (rest, pieces + 1, vocab + 1, i, Piece::Vocab));
                 }
             }
         }
-        let (rest, pieces, _, _) = best[n]?;
-        if pieces < 2 && !(allow_rest && pieces == 1 && rest > 0) {
-            return None;
-        }
-        if rest * 2 > n {
+        let (rest, pieces, vocab, _, _) = best[n]?;
+        let enough = match mode {
+            Split::Strict => vocab >= 2,
+            Split::Loose => vocab >= 2 && rest * 4 <= n,
+            Split::Spaced => {
+                (vocab >= 2 || (vocab == 1 && pieces >= 2) || (vocab == 1 && rest > 0))
+                    && rest * 2 <= n
+            }
+        };
+        if !enough {
             return None;
         }
         let mut cuts = Vec::new();
         let mut j = n;
         while j > 0 {
-            let (_, _, i, vocab) = best[j]?;
-            cuts.push((bounds[i], bounds[j], vocab));
+            let (_, _, _, i, kind) = best[j]?;
+            cuts.push((bounds[i], bounds[j], kind));
             j = i;
         }
         cuts.reverse();
         // Merge adjacent leftover characters into one word.
-        let mut merged: Vec<(usize, usize, bool)> = Vec::new();
+        let mut merged: Vec<(usize, usize, Piece)> = Vec::new();
         for cut in cuts {
             match merged.last_mut() {
-                Some(last) if !last.2 && !cut.2 => last.1 = cut.1,
+                Some(last) if last.2 == Piece::Rest && cut.2 == Piece::Rest => last.1 = cut.1,
                 _ => merged.push(cut),
             }
         }
-        Some(merged)
+        Some(
+            merged
+                .into_iter()
+                .map(|(s, e, kind)| (s, e, kind == Piece::Vocab))
+                .collect(),
+        )
     }
 
     /// The fixed form of `base`, or `None` when no word changed.
@@ -486,7 +571,7 @@ impl Lexicon {
             let word = &text[span.0..span.1];
             // 1. Spaced-letter runs.
             if spaced(span)
-                && let Some(pieces) = self.segment(word, true)
+                && let Some(pieces) = self.segment(word, Split::Spaced)
             {
                 for (s, e, _) in pieces {
                     out.copy(base, span.0 + s, span.0 + e);
@@ -506,7 +591,7 @@ impl Lexicon {
                 if !self.is_known(word) {
                     // 3. Run-together words.
                     if word.len() >= MIN_COMPOUND
-                        && let Some(pieces) = self.segment(word, false)
+                        && let Some(pieces) = self.split_compound(word)
                     {
                         for (s, e, _) in pieces {
                             out.copy(base, span.0 + s, span.0 + e);
@@ -554,7 +639,7 @@ impl Lexicon {
             joined.push_str(part);
             if k >= 1
                 && joined.chars().count() >= MIN_JOINED
-                && self.vocab.contains(joined.as_str())
+                && self.is_vocab_or_stemmed(joined)
                 && !spans[..=k].iter().all(|s| self.is_known(&text[s.0..s.1]))
             {
                 return Some(k + 1);
@@ -635,7 +720,10 @@ mod tests {
                 "rapist",
                 "the pope",
                 "suicide",
-            ],
+            ]
+            .map(|t| (t, false))
+            .into_iter()
+            .chain([("decapitad", true)]),
             ["baked".to_owned(), "therapist".to_owned()],
         )
     }

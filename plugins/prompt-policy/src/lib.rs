@@ -18,9 +18,11 @@
 //! - [`stage`]: [`PromptPolicyConfig`] and the [`PromptPolicy`] stage.
 //! - [`defaults`]: the embedded built-in lists.
 //! - [`error`]: the [`PolicyError`] type.
+//! - [`eval`]: scoring against the labelled corpus (recall, false positives).
 
 pub mod defaults;
 pub mod error;
+pub mod eval;
 pub mod file;
 pub mod lexicon;
 pub mod normalize;

@@ -229,6 +229,10 @@ struct Unit {
     end: usize,
     /// The input character was upper case right after a lower-case letter (`nakedChild`).
     camel: bool,
+    /// The input character was upper case.
+    upper: bool,
+    /// The input character was lower case.
+    lower: bool,
 }
 
 impl Unit {
@@ -269,6 +273,8 @@ fn fold(input: &str) -> Vec<Item> {
                             start,
                             end,
                             camel,
+                            upper: c.is_uppercase(),
+                            lower: c.is_lowercase(),
                         }));
                     } else if !is_ignorable(ch) {
                         items.push(Item::Separator);
@@ -402,6 +408,14 @@ struct Token {
 }
 
 impl Token {
+    /// A word made from one input character (one letter, or a Hangul syllable that
+    /// decomposition turned into two or three jamo): the unit of spaced-out writing.
+    fn is_one_character(&self) -> bool {
+        self.units
+            .first()
+            .is_some_and(|first| self.units.iter().all(|u| u.start == first.start))
+    }
+
     /// A word that mixes letters with leetspeak characters.
     fn leet_foldable(&self) -> bool {
         self.units.iter().any(|u| u.ch.is_alphabetic())
@@ -446,7 +460,10 @@ fn tokenize(items: &[Item], symbols_separate: bool) -> Vec<Token> {
     let mut out = Vec::with_capacity(words.len());
     let mut i = 0;
     while i < words.len() {
-        let run = words[i..].iter().take_while(|w| w.units.len() == 1).count();
+        let run = words[i..]
+            .iter()
+            .take_while(|w| w.is_one_character())
+            .count();
         if run >= 3 {
             let units = words[i..i + run]
                 .iter()
@@ -465,37 +482,43 @@ fn tokenize(items: &[Item], symbols_separate: bool) -> Vec<Token> {
     out
 }
 
-/// Splits CamelCase words (`NakedChild` → `naked child`) where both parts have at least three
-/// characters, so alternating case (`NaKeD`, `sExY`) and short prefixes (`iPhone`, `McQueen`)
-/// stay one word.
+/// Splits CamelCase words. A cut goes before an upper-case letter that follows a lower-case
+/// one (`naked|Child`) or that starts a word after an upper-case run (`A|Boy`). A word with three
+/// or more cuts and parts of three characters on average is a whole prompt written in
+/// CamelCase (`ABoyChainedToAWall`) and is cut everywhere; otherwise a cut is made only where
+/// both parts have at least three characters, so alternating case (`NaKeD`, `sExY`) and short
+/// prefixes (`iPhone`, `McQueen`) stay one word.
 fn split_camel_case(words: Vec<Token>) -> Vec<Token> {
     const MIN_PART: usize = 3;
     let mut out = Vec::with_capacity(words.len());
     for word in words {
-        if !word.units.iter().skip(1).any(|u| u.camel) {
+        let units = &word.units;
+        let cuts: Vec<usize> = (1..units.len())
+            .filter(|&k| {
+                units[k].camel
+                    || (units[k - 1].upper
+                        && units[k].upper
+                        && units.get(k + 1).is_some_and(|u| u.lower))
+            })
+            .collect();
+        if cuts.is_empty() {
             out.push(word);
             continue;
         }
-        let cuts: Vec<usize> = word
-            .units
-            .iter()
-            .enumerate()
-            .filter(|(i, u)| *i > 0 && u.camel)
-            .map(|(i, _)| i)
-            .collect();
+        let everywhere = cuts.len() >= 3 && units.len() >= MIN_PART * (cuts.len() + 1);
         let mut start = 0;
         for (k, &cut) in cuts.iter().enumerate() {
-            let next = cuts.get(k + 1).copied().unwrap_or(word.units.len());
-            if cut - start >= MIN_PART && next - cut >= MIN_PART {
+            let next = cuts.get(k + 1).copied().unwrap_or(units.len());
+            if everywhere || (cut - start >= MIN_PART && next - cut >= MIN_PART) {
                 out.push(Token {
-                    units: word.units[start..cut].to_vec(),
+                    units: units[start..cut].to_vec(),
                     spaced: false,
                 });
                 start = cut;
             }
         }
         out.push(Token {
-            units: word.units[start..].to_vec(),
+            units: units[start..].to_vec(),
             spaced: false,
         });
     }
@@ -718,6 +741,46 @@ mod tests {
         assert_eq!(word_of("s3xy k1d", "sexy"), vec![(0, 0)]);
         // `@` alone is dropped from the plain form: its leet match counts as the next word.
         assert_eq!(word_of("x @ y", "a"), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn camel_case_is_split_where_it_separates_words() {
+        assert_eq!(texts("NakedChild"), vec!["naked child"]);
+        assert_eq!(texts("HTMLParser"), vec!["html parser"]);
+        // A whole prompt in CamelCase is cut everywhere, short words included.
+        assert_eq!(texts("ABoyChainedToAWall"), vec!["a boy chained to a wall"]);
+        // Alternating case and short prefixes stay one word.
+        for word in ["NaKeD", "sExY", "iPhone", "McQueen", "SeXyChIlD"] {
+            assert_eq!(texts(word), vec![word.to_lowercase()], "{word}");
+        }
+    }
+
+    #[test]
+    fn scripts_without_spaces_are_separated_from_latin_words() {
+        assert_eq!(texts("naked幼女"), vec!["naked 幼女"]);
+        assert_eq!(texts("幼女naked"), vec!["幼女 naked"]);
+    }
+
+    #[test]
+    fn spaced_out_syllables_join_like_letters() {
+        // A Hangul syllable decomposes into two or three jamo but is one character typed.
+        let joined = normalize("고 문 당 하");
+        assert_eq!(joined.plain(), normalize("고문당하").plain());
+        assert_eq!(texts("幼 女 裸 体"), vec!["幼女裸体"]);
+    }
+
+    #[test]
+    fn term_matches_need_no_boundary_at_cjk_edges() {
+        let n = normalize("写真の幼女です");
+        let f = &n.forms()[0];
+        let start = f.text().find("幼女").expect("found");
+        assert!(f.is_term_match(start, start + "幼女".len(), false));
+        // Latin terms still need word boundaries; a prefix term needs one at its start only.
+        let n = normalize("unnaked nakedness");
+        let f = &n.forms()[0];
+        assert!(!f.is_term_match(2, 7, false));
+        assert!(!f.is_term_match(8, 13, false));
+        assert!(f.is_term_match(8, 13, true));
     }
 
     #[test]

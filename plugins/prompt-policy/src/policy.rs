@@ -418,9 +418,8 @@ impl Policy {
         let lexicon = Lexicon::new(
             phrase_texts
                 .iter()
-                .zip(&prefix)
-                .filter(|(_, p)| !**p)
-                .map(|(t, _)| t.as_str()),
+                .map(String::as_str)
+                .zip(prefix.iter().copied()),
             def.known_words.iter().map(|w| normalize_term(w)),
         );
         tracing::debug!(
@@ -948,6 +947,79 @@ all_of = ["minor", "nudity"]
         assert!(set.reaches(6, 6));
         assert!(!set.reaches(7, 100));
         assert!(!SetPositions::new(Vec::new()).reaches(0, 10));
+    }
+
+    const CONCEPTS: &str = r#"
+[sets.minor]
+terms = ["child", "ребен*", "幼女"]
+[sets.nudity]
+terms = ["naked", "голы*"]
+[sets.photo]
+terms = ["photo"]
+[sets.drawing]
+terms = ["drawing"]
+
+[[category]]
+id = "pair"
+action = "block"
+[[category.rule]]
+id = "minor-nudity"
+all_of = ["minor", "nudity"]
+
+[[category]]
+id = "review"
+action = "flag"
+[[category.rule]]
+id = "image-of-minor"
+all_of = ["minor"]
+any_of = ["photo", "drawing"]
+"#;
+
+    #[test]
+    fn prefix_and_cjk_terms_match_inflections_and_substrings() {
+        let p = policy(CONCEPTS);
+        for prompt in [
+            "голый ребенок",
+            "голые ребенка",
+            "naked ребёнку",
+            "写真の幼女、naked",
+            "naked幼女",
+        ] {
+            assert!(p.evaluate(prompt).is_blocked(), "{prompt:?}");
+        }
+        // A stem needs a word boundary where it starts.
+        assert!(p.evaluate("naked пребенок").is_clean());
+    }
+
+    #[test]
+    fn any_of_needs_one_of_its_sets_and_all_of_the_others() {
+        let p = policy(CONCEPTS);
+        let rules = |prompt: &str| -> Vec<String> {
+            p.evaluate(prompt)
+                .matches
+                .into_iter()
+                .filter(|m| m.category == "review")
+                .flat_map(|m| m.rules)
+                .collect()
+        };
+        assert_eq!(rules("a drawing of a child"), vec!["review/image-of-minor"]);
+        assert_eq!(rules("a photo of a child"), vec!["review/image-of-minor"]);
+        assert!(rules("a child").is_empty());
+        assert!(rules("a photo and a drawing").is_empty());
+    }
+
+    #[test]
+    fn flag_reports_a_score_and_changes_nothing() {
+        let p = policy(CONCEPTS);
+        let Verdict::Modify(mods) = p.verdict("a photo of a child") else {
+            panic!("expected a flag");
+        };
+        assert_eq!(
+            mods[0].change,
+            Change::AddScores(BTreeMap::from([("review".to_owned(), 1.0)]))
+        );
+        assert_eq!(mods[0].category.as_deref(), Some("review"));
+        assert_eq!(mods[0].rules, vec!["review/image-of-minor".to_owned()]);
     }
 
     #[test]
