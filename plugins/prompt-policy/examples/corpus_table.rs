@@ -22,6 +22,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.false_positives.total
     );
     print!("{}", report.table());
+    let mut exact = PolicyBuilder::with_defaults()?;
+    let exact = evaluate(&exact.fuzzy(false).build()?, &corpus);
+    println!(
+        "\nWithout the fuzzy matcher (fixed form off): violations {:.1}%, evasions {:.1}%, \
+         false positives {:.1}% ({}/{})",
+        100.0 * exact.violations.rate(),
+        100.0 * exact.evasions.rate(),
+        100.0 * exact.false_positives.rate(),
+        exact.false_positives.hits,
+        exact.false_positives.total
+    );
     let heldout = heldout_corpus()?;
     let held = evaluate(&policy, &heldout);
     println!(

@@ -31,9 +31,19 @@ use crate::lexicon::Lexicon;
 use crate::normalize::{Normalized, Words, normalize, normalize_term};
 
 /// Loads policy files in order and compiles them into a [`Policy`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PolicyBuilder {
     def: PolicyDef,
+    fuzzy: bool,
+}
+
+impl Default for PolicyBuilder {
+    fn default() -> Self {
+        Self {
+            def: PolicyDef::default(),
+            fuzzy: true,
+        }
+    }
 }
 
 impl PolicyBuilder {
@@ -67,9 +77,18 @@ impl PolicyBuilder {
         self.add_source(&name, &text)
     }
 
+    /// Whether prompts also get the fixed form (joins, splits, misspelling corrections; see
+    /// [`crate::lexicon`]). On by default; off leaves exact matching of the normalised forms.
+    pub fn fuzzy(&mut self, on: bool) -> &mut Self {
+        self.fuzzy = on;
+        self
+    }
+
     /// Validates everything and compiles the matchers.
     pub fn build(&self) -> Result<Policy, PolicyError> {
-        Policy::compile(&self.def)
+        let mut policy = Policy::compile(&self.def)?;
+        policy.fuzzy = self.fuzzy;
+        Ok(policy)
     }
 }
 
@@ -117,6 +136,8 @@ pub struct Policy {
     /// Per regex: the sets it belongs to.
     regex_sets: Vec<Vec<usize>>,
     lexicon: Lexicon,
+    /// Whether the fixed form is matched too.
+    fuzzy: bool,
     regex_set: RegexSet,
     regexes: Vec<Regex>,
 }
@@ -437,6 +458,7 @@ impl Policy {
             phrase_sets,
             regex_sets,
             lexicon,
+            fuzzy: true,
             regex_set,
             regexes,
         })
@@ -507,7 +529,10 @@ impl Policy {
         // The fixed form repairs the leetspeak form when there is one (it differs from the
         // plain form only in words that mixed letters and leet characters).
         let base = normalized.forms.get(1).or(normalized.forms.first());
-        if let Some(fixed) = base.and_then(|b| self.lexicon.fix(b)) {
+        if let Some(fixed) = base
+            .filter(|_| self.fuzzy)
+            .and_then(|b| self.lexicon.fix(b))
+        {
             normalized.forms.push(fixed);
         }
         normalized
