@@ -467,34 +467,27 @@ async fn cancel_requests_stop_running_and_queued_jobs() {
     let cancel = |id: JobId| {
         serde_json::to_vec(&serde_json::json!({"job_id": id.to_string()})).expect("json")
     };
-    world
-        .publisher
-        .publish(
-            &world.settings.topology.cancel_exchange,
-            "",
-            &cancel(job_id(&running)),
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish cancel");
+    // Cancelled while queued: its cancel request goes out before the running job's. The worker
+    // reads cancel requests in order on one consumer, so once the running job reports
+    // `cancelled`, the queued job's request has been heard: no sleep orders the two.
+    let queued = world.job(&image, &mask);
+    for id in [job_id(&queued), job_id(&running)] {
+        world
+            .publisher
+            .publish(
+                &world.settings.topology.cancel_exchange,
+                "",
+                &cancel(id),
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish cancel");
+    }
     let result = world.next_result().await;
     assert_eq!(result.job_id, Some(job_id(&running)));
     assert_eq!(result.status, JobStatus::Cancelled, "{result:?}");
     assert!(result.outputs.is_empty());
 
-    // Cancelled while queued: the cancel arrives first.
-    let queued = world.job(&image, &mask);
-    world
-        .publisher
-        .publish(
-            &world.settings.topology.cancel_exchange,
-            "",
-            &cancel(job_id(&queued)),
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish cancel");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     world.publish(&queued).await;
     let result = world.next_result().await;
     assert_eq!(result.job_id, Some(job_id(&queued)));

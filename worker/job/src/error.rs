@@ -6,9 +6,10 @@ use crate::result::{ErrorCode, ErrorInfo};
 
 /// Why a job message was refused before any work started.
 ///
-/// The three variants are the three first error classes of the result contract: the bytes were
-/// not JSON, the JSON had the wrong shape, or the values broke a rule. None of them is retryable:
-/// the same bytes fail the same way every time.
+/// The first three variants are the first three error classes of the result contract: the bytes
+/// were not JSON, the JSON had the wrong shape, or the values broke a rule; [`JobError::Refused`]
+/// carries the admission checks' codes. None of them is retryable: the same job fails the same
+/// way every time.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum JobError {
     /// The message is not JSON at all (or not UTF-8).
@@ -37,6 +38,20 @@ pub enum JobError {
         /// The rule it breaks, with the value seen.
         message: String,
     },
+
+    /// A valid job this worker refuses before any download, with a specific code: the
+    /// configured chain cannot serve it (`unsupported_by_chain`), an output would overwrite an
+    /// input (`output_overwrites_input`), or its `job_id` was used for a different request
+    /// (`job_id_conflict`). See [`crate::admission`].
+    #[error("{field}: {message}")]
+    Refused {
+        /// The error class (a `rejected` status).
+        code: ErrorCode,
+        /// The field concerned, as a dotted path.
+        field: String,
+        /// What is wrong, and what to do.
+        message: String,
+    },
 }
 
 impl JobError {
@@ -54,6 +69,7 @@ impl JobError {
             Self::MalformedJson { .. } => ErrorCode::MalformedJson,
             Self::SchemaViolation { .. } => ErrorCode::SchemaViolation,
             Self::InvalidParameter { .. } => ErrorCode::InvalidParameter,
+            Self::Refused { code, .. } => *code,
         }
     }
 

@@ -11,9 +11,14 @@ use uuid::Uuid;
 /// A job's identity: a UUID chosen by the producer.
 ///
 /// It is the idempotency key: redelivering or republishing a job with the same id writes the same
-/// output keys and yields the same result. On the wire it is the hyphenated lowercase form
-/// (`0b9c5a52-3f0e-4d8a-9a3e-8f6f4d1c2b7a`); parsing also accepts upper case.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// output keys and yields the same result. On the wire it is the canonical form only: 36
+/// characters, lowercase hex, hyphens at 8-4-4-4-12 (`0b9c5a52-3f0e-4d8a-9a3e-8f6f4d1c2b7a`).
+///
+/// One rule for both sides: the parser accepts exactly the strings the schema's `pattern`
+/// accepts, and [`JobId`]'s `Display` writes that same string back, so every result and output
+/// key carries the `job_id` byte for byte as the producer sent it. Other UUID spellings (upper
+/// case, no hyphens, braces, `urn:uuid:`) are refused rather than silently rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct JobId(Uuid);
 
@@ -40,11 +45,50 @@ impl fmt::Display for JobId {
     }
 }
 
+/// Why a string is not a [`JobId`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "job_id must be a UUID in canonical form (36 characters: lowercase hex and hyphens, \
+     8-4-4-4-12, e.g. 0b9c5a52-3f0e-4d8a-9a3e-8f6f4d1c2b7a), got {got:?}"
+)]
+pub struct JobIdError {
+    /// The refused text, cut to 64 characters.
+    pub got: String,
+}
+
+/// Where the canonical form has its hyphens.
+const HYPHENS: [usize; 4] = [8, 13, 18, 23];
+
+/// Whether `s` is a canonical UUID: the schema's [`UUID_PATTERN`], checked by hand.
+fn is_canonical(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| {
+            if HYPHENS.contains(&i) {
+                b == b'-'
+            } else {
+                b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+            }
+        })
+}
+
 impl FromStr for JobId {
-    type Err = uuid::Error;
+    type Err = JobIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
+        let refuse = || JobIdError {
+            got: s.chars().take(64).collect(),
+        };
+        if !is_canonical(s) {
+            return Err(refuse());
+        }
+        Uuid::try_parse(s).map(Self).map_err(|_| refuse())
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -54,9 +98,9 @@ impl From<Uuid> for JobId {
     }
 }
 
-/// The pattern of a hyphenated UUID, for validators that do not check `format`.
+/// The pattern of a canonical (lowercase, hyphenated) UUID: the only form a job id takes.
 pub(crate) const UUID_PATTERN: &str =
-    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+    "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
 impl JsonSchema for JobId {
     fn schema_name() -> Cow<'static, str> {
@@ -65,8 +109,9 @@ impl JsonSchema for JobId {
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "A job's identity: a UUID chosen by the producer, in hyphenated form. \
-                It is the idempotency key: the same id always maps to the same output keys.",
+            "description": "A job's identity: a UUID chosen by the producer, in canonical form \
+                (lowercase hex, hyphenated 8-4-4-4-12). It is the idempotency key: the same id \
+                always maps to the same output keys, and results carry it unchanged.",
             "type": "string",
             "format": "uuid",
             "pattern": UUID_PATTERN,
@@ -87,17 +132,6 @@ mod tests {
         assert_eq!(json, format!("\"{text}\""));
         let back: JobId = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, id);
-    }
-
-    #[test]
-    fn upper_case_parses_to_the_same_id() {
-        let lower: JobId = "0b9c5a52-3f0e-4d8a-9a3e-8f6f4d1c2b7a"
-            .parse()
-            .expect("lower");
-        let upper: JobId = "0B9C5A52-3F0E-4D8A-9A3E-8F6F4D1C2B7A"
-            .parse()
-            .expect("upper");
-        assert_eq!(lower, upper);
     }
 
     #[test]

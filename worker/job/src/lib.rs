@@ -6,11 +6,14 @@
 //! - [`parse`]: [`InpaintJob::from_json`], sorting failures into the three [`JobError`] classes,
 //!   and [`peek_job_id`] for answering broken messages.
 //! - [`result`]: [`InpaintResult`] v1, its [`JobStatus`] and [`ErrorCode`] classes.
+//! - [`admission`]: the checks a valid job must also pass on this worker (chain limits, outputs
+//!   onto inputs, `job_id` reuse) and the request fingerprint.
 //! - [`messages`]: [`ProgressEvent`] and [`CancelRequest`].
 //! - [`schema`]: the JSON Schemas generated from these types, committed under `schemas/`.
 //!
 //! No I/O here: bytes in, types out, and the other way round.
 
+pub mod admission;
 pub mod error;
 pub mod id;
 pub mod job;
@@ -19,8 +22,9 @@ pub mod parse;
 pub mod result;
 pub mod schema;
 
+pub use admission::{ChainLimits, MANIFEST_NAME};
 pub use error::JobError;
-pub use id::JobId;
+pub use id::{JobId, JobIdError};
 pub use job::{
     CropToMask, InpaintJob, InpaintParams, JOB_SCHEMA_VERSION, OutputFormat, OutputSpec, Scheduler,
 };

@@ -36,7 +36,8 @@ impl InpaintJob {
         {
             return Err(unsupported_version(version));
         }
-        let job: Self = from_value(value)?;
+        let value = integers_as_integers(value);
+        let job: Self = from_value(value.clone()).map_err(|e| classify(e, &value))?;
         job.validate()?;
         Ok(job)
     }
@@ -99,6 +100,87 @@ pub(crate) fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, JobErro
             message: e.into_inner().to_string(),
         }
     })
+}
+
+/// JSON Schema counts `1.0` as an integer; so does the parser: every integer-valued number that
+/// fits an `i64` or `u64` is rewritten as that integer before typed deserialisation (a float
+/// field such as `guidance_scale` reads the integer back as the same float).
+fn integers_as_integers(value: Value) -> Value {
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            let Some(f) = n.as_f64() else {
+                return Value::Number(n);
+            };
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let as_int = if f.fract() != 0.0 || !f.is_finite() {
+                None
+            } else if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                Some(Value::from(f as u64))
+            } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                Some(Value::from(f as i64))
+            } else {
+                None
+            };
+            as_int.unwrap_or(Value::Number(n))
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(integers_as_integers).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, integers_as_integers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Re-sorts a typed-deserialisation failure by the value at its path, so the error class
+/// follows the documented rule rather than the Rust type that happened to refuse it:
+///
+/// - an integer the field's type cannot hold (negative, or above its range) breaks a range:
+///   `invalid_parameter`, as the same field's out-of-range values do;
+/// - an `s3://` reference whose bucket or key breaks a storage rule (Unicode control
+///   characters, keys over 1024 bytes, `..` in bucket names) breaks a rule, as the same rules on
+///   `output.bucket` and `output.prefix` do: `invalid_parameter`. A string that is not an
+///   `s3://` reference at all stays a `schema_violation`.
+fn classify(error: JobError, value: &Value) -> JobError {
+    let JobError::SchemaViolation { path, message } = error else {
+        return error;
+    };
+    match value_at(value, &path) {
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() || integral(n) => {
+            JobError::invalid(path, format!("{n} is out of range: {message}"))
+        }
+        Some(Value::String(text))
+            if (path == "image" || path == "mask") && text.starts_with("s3://") =>
+        {
+            JobError::invalid(path, message)
+        }
+        _ => JobError::SchemaViolation { path, message },
+    }
+}
+
+fn integral(n: &serde_json::Number) -> bool {
+    n.as_f64()
+        .is_some_and(|f| f.is_finite() && f.fract() == 0.0)
+}
+
+/// The value at a `serde_path_to_error` path such as `params.seeds[1]`.
+fn value_at<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut at = root;
+    for segment in path.split('.') {
+        let (name, indices) = match segment.find('[') {
+            Some(i) => segment.split_at(i),
+            None => (segment, ""),
+        };
+        if !name.is_empty() {
+            at = at.get(name)?;
+        }
+        for index in indices.split('[').filter(|s| !s.is_empty()) {
+            at = at.get(index.strip_suffix(']')?.parse::<usize>().ok()?)?;
+        }
+    }
+    Some(at)
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -198,7 +280,7 @@ mod tests {
         assert_eq!(path, "params.num_images");
 
         let mut v = minimal();
-        v["params"] = serde_json::json!({"seeds": [1, -2], "num_images": 2});
+        v["params"] = serde_json::json!({"seeds": [1, 2.5], "num_images": 2});
         let (path, _) = schema_path(&v);
         assert_eq!(path, "params.seeds[1]");
 

@@ -72,6 +72,14 @@ pub struct InpaintResult {
 
     /// When the worker finished with the job (RFC 3339, UTC).
     pub finished_at: DateTime<Utc>,
+
+    /// SHA-256 (lowercase hex) of what the job asked for (its image, mask, prompts, parameters
+    /// and output spec; not `job_id`, `expires_at`, `progress` or `metadata`). A redelivery is
+    /// answered from the stored result only when the fingerprints match; otherwise the job is
+    /// refused with `job_id_conflict`. Absent for messages that never parsed as a job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SHA256_PATTERN))]
+    pub request_sha256: Option<String>,
 }
 
 /// How a job ended. Every status is final for its delivery.
@@ -210,9 +218,40 @@ pub enum ErrorCode {
     OutOfMemory,
     /// Anything else: a bug in the worker.
     Internal,
+    /// A valid job this worker's configured chain cannot serve (e.g. an output smaller than the
+    /// watermark needs); refused before any download.
+    UnsupportedByChain,
+    /// An output key (or the `result.json` manifest) is the job's own image or mask.
+    OutputOverwritesInput,
+    /// The `job_id` was already used for a different request.
+    JobIdConflict,
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: [Self; 20] = [
+        Self::MalformedJson,
+        Self::SchemaViolation,
+        Self::InvalidParameter,
+        Self::UndecodableImage,
+        Self::ObjectNotFound,
+        Self::ObjectTooLarge,
+        Self::ImageTooLarge,
+        Self::BucketNotAllowed,
+        Self::PolicyBlocked,
+        Self::SafetyBlocked,
+        Self::Expired,
+        Self::Cancelled,
+        Self::StorageUnavailable,
+        Self::BrokerUnavailable,
+        Self::Timeout,
+        Self::OutOfMemory,
+        Self::Internal,
+        Self::UnsupportedByChain,
+        Self::OutputOverwritesInput,
+        Self::JobIdConflict,
+    ];
+
     /// The wire name (`malformed_json`, ...).
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -233,6 +272,9 @@ impl ErrorCode {
             Self::Timeout => "timeout",
             Self::OutOfMemory => "out_of_memory",
             Self::Internal => "internal",
+            Self::UnsupportedByChain => "unsupported_by_chain",
+            Self::OutputOverwritesInput => "output_overwrites_input",
+            Self::JobIdConflict => "job_id_conflict",
         }
     }
 
@@ -246,7 +288,10 @@ impl ErrorCode {
             | Self::ObjectNotFound
             | Self::ObjectTooLarge
             | Self::ImageTooLarge
-            | Self::BucketNotAllowed => JobStatus::Rejected,
+            | Self::BucketNotAllowed
+            | Self::UnsupportedByChain
+            | Self::OutputOverwritesInput
+            | Self::JobIdConflict => JobStatus::Rejected,
             Self::PolicyBlocked | Self::SafetyBlocked => JobStatus::Blocked,
             Self::Expired => JobStatus::Expired,
             Self::Cancelled => JobStatus::Cancelled,
@@ -327,6 +372,7 @@ impl InpaintResult {
             attempt: 1,
             metadata: BTreeMap::new(),
             finished_at,
+            request_sha256: None,
         }
     }
 
@@ -379,28 +425,25 @@ mod tests {
 
     #[test]
     fn error_codes_use_their_wire_names() {
-        for code in [
-            ErrorCode::MalformedJson,
-            ErrorCode::SchemaViolation,
-            ErrorCode::InvalidParameter,
-            ErrorCode::UndecodableImage,
-            ErrorCode::ObjectNotFound,
-            ErrorCode::ObjectTooLarge,
-            ErrorCode::ImageTooLarge,
-            ErrorCode::BucketNotAllowed,
-            ErrorCode::PolicyBlocked,
-            ErrorCode::SafetyBlocked,
-            ErrorCode::Expired,
-            ErrorCode::Cancelled,
-            ErrorCode::StorageUnavailable,
-            ErrorCode::BrokerUnavailable,
-            ErrorCode::Timeout,
-            ErrorCode::OutOfMemory,
-            ErrorCode::Internal,
-        ] {
+        let mut names = std::collections::BTreeSet::new();
+        for code in ErrorCode::ALL {
             let json = serde_json::to_string(&code).expect("serialize");
             assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert!(names.insert(code.as_str()), "{} twice", code.as_str());
         }
+        // ALL is every variant: the schema's enum lists exactly these names.
+        let schema: serde_json::Value =
+            serde_json::from_str(&crate::result_schema_json()).expect("schema");
+        let listed: std::collections::BTreeSet<&str> = schema["$defs"]["ErrorCode"]["oneOf"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|c| c["const"].as_str()).collect())
+            .or_else(|| {
+                schema["$defs"]["ErrorCode"]["enum"]
+                    .as_array()
+                    .map(|v| v.iter().filter_map(|c| c.as_str()).collect())
+            })
+            .expect("ErrorCode is an enum in the schema");
+        assert_eq!(listed, names);
     }
 
     #[test]

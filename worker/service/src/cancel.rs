@@ -1,13 +1,16 @@
 //! [`Cancellations`]: the cancel requests this worker has heard of, shared by the cancel
-//! consumer (which records them) and the jobs (which check them while queued and between
-//! denoising steps).
+//! consumer (which records them) and the jobs (which check them while queued and, through a
+//! [`CancellationToken`], between denoising steps).
+//!
+//! A running job's token is a child of the worker's stop token, so one token stops the engine
+//! for both reasons: a cancel request for this job, or the end of the shutdown grace period.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use inpaint_job::JobId;
+use tokio_util::sync::CancellationToken;
 
 /// How long a cancel request for a job this worker has not seen is remembered.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(3600);
@@ -17,10 +20,11 @@ pub const MAX_REMEMBERED: usize = 100_000;
 #[derive(Debug, Default)]
 struct State {
     requested: HashMap<JobId, Instant>,
-    running: HashMap<JobId, Vec<Arc<AtomicBool>>>,
+    running: HashMap<JobId, Vec<(u64, CancellationToken)>>,
+    serial: u64,
 }
 
-/// Cancel requests and the flags of running jobs.
+/// Cancel requests and the tokens of running jobs.
 #[derive(Clone, Debug, Default)]
 pub struct Cancellations {
     state: Arc<Mutex<State>>,
@@ -31,8 +35,8 @@ impl Cancellations {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a cancel request: raises the flag of the job if it runs here, and remembers it
-    /// for a job that has not arrived yet.
+    /// Records a cancel request: cancels the token of the job if it runs here, and remembers
+    /// it for a job that has not arrived yet.
     pub fn cancel(&self, job_id: JobId) {
         let mut state = self.lock();
         let now = Instant::now();
@@ -49,9 +53,9 @@ impl Cancellations {
             state.requested.remove(&oldest);
         }
         state.requested.insert(job_id, now);
-        if let Some(flags) = state.running.get(&job_id) {
-            for flag in flags {
-                flag.store(true, Ordering::SeqCst);
+        if let Some(tokens) = state.running.get(&job_id) {
+            for (_, token) in tokens {
+                token.cancel();
             }
         }
     }
@@ -61,29 +65,48 @@ impl Cancellations {
         self.lock().requested.contains_key(&job_id)
     }
 
-    /// Registers a running job; the returned flag rises when a cancel request arrives (or had
-    /// arrived). Call [`Cancellations::finish`] with it when the job ends.
-    pub fn start(&self, job_id: JobId) -> Arc<AtomicBool> {
+    /// Registers a running job; the returned handle's token, a child of `stop`, is cancelled
+    /// when a cancel request arrives (or had arrived) or when `stop` is. Hand it back to
+    /// [`Cancellations::finish`] when the job ends.
+    pub fn start(&self, job_id: JobId, stop: &CancellationToken) -> RunningJob {
         let mut state = self.lock();
-        let flag = Arc::new(AtomicBool::new(state.requested.contains_key(&job_id)));
+        let token = stop.child_token();
+        if state.requested.contains_key(&job_id) {
+            token.cancel();
+        }
+        state.serial += 1;
+        let serial = state.serial;
         state
             .running
             .entry(job_id)
             .or_default()
-            .push(Arc::clone(&flag));
-        flag
+            .push((serial, token.clone()));
+        RunningJob {
+            job_id,
+            serial,
+            token,
+        }
     }
 
-    /// Unregisters a running job's flag.
-    pub fn finish(&self, job_id: JobId, flag: &Arc<AtomicBool>) {
+    /// Unregisters a running job.
+    pub fn finish(&self, running: RunningJob) {
         let mut state = self.lock();
-        if let Some(flags) = state.running.get_mut(&job_id) {
-            flags.retain(|f| !Arc::ptr_eq(f, flag));
-            if flags.is_empty() {
-                state.running.remove(&job_id);
+        if let Some(tokens) = state.running.get_mut(&running.job_id) {
+            tokens.retain(|(serial, _)| *serial != running.serial);
+            if tokens.is_empty() {
+                state.running.remove(&running.job_id);
             }
         }
     }
+}
+
+/// A job registered with [`Cancellations::start`]: its token stops the engine.
+#[derive(Debug)]
+pub struct RunningJob {
+    job_id: JobId,
+    serial: u64,
+    /// Cancelled by a cancel request for the job or by the worker's stop token.
+    pub token: CancellationToken,
 }
 
 #[cfg(test)]
@@ -93,17 +116,38 @@ mod tests {
     #[test]
     fn cancels_running_and_future_jobs() {
         let c = Cancellations::default();
+        let stop = CancellationToken::new();
         let running = JobId::new_random();
-        let flag = c.start(running);
-        assert!(!flag.load(Ordering::SeqCst));
+        let job = c.start(running, &stop);
+        assert!(!job.token.is_cancelled());
         c.cancel(running);
-        assert!(flag.load(Ordering::SeqCst));
-        c.finish(running, &flag);
+        assert!(job.token.is_cancelled());
+        c.finish(job);
 
         let later = JobId::new_random();
         c.cancel(later);
         assert!(c.is_cancelled(later));
-        assert!(c.start(later).load(Ordering::SeqCst));
+        assert!(c.start(later, &stop).token.is_cancelled());
         assert!(!c.is_cancelled(JobId::new_random()));
+    }
+
+    #[test]
+    fn the_stop_token_stops_every_running_job_and_finish_forgets_one() {
+        let c = Cancellations::default();
+        let stop = CancellationToken::new();
+        let id = JobId::new_random();
+        // Two deliveries of one job (a redelivery racing the first): finishing one keeps the
+        // other registered.
+        let first = c.start(id, &stop);
+        let second = c.start(id, &stop);
+        let second_token = second.token.clone();
+        c.finish(first);
+        c.cancel(id);
+        assert!(second_token.is_cancelled());
+        c.finish(second);
+        assert!(c.lock().running.is_empty());
+        let other = c.start(JobId::new_random(), &stop);
+        stop.cancel();
+        assert!(other.token.is_cancelled());
     }
 }

@@ -1,6 +1,7 @@
 //! Why a job did not succeed ([`JobFailure`]), and the one place that decides what the broker
 //! does with its delivery: [`action_for`] maps an outcome to [`Action::Ack`],
-//! [`Action::Retry`] or [`Action::DeadLetter`].
+//! [`Action::Retry`], [`Action::DeadLetter`] or [`Action::Release`]; `crate::settle` carries
+//! every one of them out.
 
 use std::time::Duration;
 
@@ -26,6 +27,10 @@ pub struct JobFailure {
     /// Which stage blocked the job, for `policy_blocked` and `safety_blocked` (boxed: it is
     /// rare and large).
     pub block: Option<Box<BlockInfo>>,
+    /// True when the job did not end but was stopped by this worker (shutdown before it
+    /// started or after the grace period, its task panicked, its outcome could not be
+    /// settled): the delivery goes back to the queue untouched ([`Action::Release`]).
+    pub interrupted: bool,
 }
 
 impl JobFailure {
@@ -36,6 +41,7 @@ impl JobFailure {
             message: message.into(),
             transient: false,
             block: None,
+            interrupted: false,
         }
     }
 
@@ -44,6 +50,14 @@ impl JobFailure {
         Self {
             transient: true,
             ..Self::permanent(code, message)
+        }
+    }
+
+    /// A job this worker stopped without an answer: its delivery is released to the queue.
+    pub fn interrupted(message: impl Into<String>) -> Self {
+        Self {
+            interrupted: true,
+            ..Self::transient(ErrorCode::Internal, message)
         }
     }
 
@@ -59,6 +73,7 @@ impl JobFailure {
             message: format!("blocked by {} ({})", block.stage, block.category),
             transient: false,
             block: Some(Box::new(block)),
+            interrupted: false,
         }
     }
 
@@ -150,6 +165,9 @@ pub enum Action {
     /// Publish the failure result, then reject without requeue: the dead-letter exchange routes
     /// the message to the dead-letter queue.
     DeadLetter,
+    /// Reject with requeue, publishing nothing: the job was not answered here and goes back to
+    /// the queue for this or another worker (the quorum queue counts the redelivery).
+    Release,
 }
 
 /// The one mapping from a job's outcome to the broker action.
@@ -159,10 +177,13 @@ pub enum Action {
 ///   objects, bucket not allowed, policy or safety block, internal errors):
 ///   [`Action::DeadLetter`];
 /// - transient failures (storage, broker, timeouts, out of memory): [`Action::Retry`] with
-///   exponential backoff while `attempt < max_attempts`, then [`Action::DeadLetter`].
+///   exponential backoff while `attempt < max_attempts`, then [`Action::DeadLetter`];
+/// - interrupted jobs ([`JobFailure::interrupted`]: shutdown, a panicked task, an outcome that
+///   could not be settled): [`Action::Release`].
 pub fn action_for(outcome: Result<(), &JobFailure>, attempt: u32, retry: &RetryConfig) -> Action {
     match outcome {
         Ok(()) => Action::Ack,
+        Err(failure) if failure.interrupted => Action::Release,
         Err(failure) => match failure.code {
             ErrorCode::Expired | ErrorCode::Cancelled => Action::Ack,
             _ if failure.transient && attempt < retry.max_attempts => Action::Retry {
@@ -225,6 +246,15 @@ mod tests {
             }
         );
         assert_eq!(action_for(Err(&storage), 3, &r), Action::DeadLetter);
+    }
+
+    #[test]
+    fn interrupted_jobs_are_released_whatever_the_attempt() {
+        let r = retry();
+        for attempt in [1, 2, 3, 100] {
+            let f = JobFailure::interrupted("worker shutting down");
+            assert_eq!(action_for(Err(&f), attempt, &r), Action::Release);
+        }
     }
 
     #[test]

@@ -12,10 +12,10 @@ use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use image::{GrayImage, RgbImage};
+use image::RgbImage;
 use inpaint_engine::EngineError;
 use inpaint_engine::job::JobSpec;
 use inpaint_engine::model_folder::LoadOptions;
@@ -24,49 +24,19 @@ use inpaint_engine::schedulers::SchedulerKind;
 use inpaint_job::{JobId, ModelInfo, Scheduler};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::settings::EngineConfig;
 
-/// One inference call: everything the model needs. Size rules, crop-to-mask and the
-/// `preserve_unmasked` composite are the engine's (`InpaintPipeline::run_job`).
+/// One inference call: the engine's own request ([`JobSpec`], which the engine validates)
+/// and the job it belongs to, for logs. Built once from the job by the flow; no other copy of
+/// the parameters exists between the job message and the engine.
 #[derive(Clone, Debug)]
 pub struct InferenceRequest {
     /// The job, for logs.
     pub job_id: JobId,
-    /// The prompt (after the plugin chain).
-    pub prompt: String,
-    /// The negative prompt (after the plugin chain).
-    pub negative_prompt: Option<String>,
-    /// The image as decoded; None in text-only mode.
-    pub image: Option<RgbImage>,
-    /// The mask (luma), same size as the image.
-    pub mask: Option<GrayImage>,
-    /// Explicit output width (None: from the input, 512 in text-only mode).
-    pub width: Option<u32>,
-    /// Explicit output height.
-    pub height: Option<u32>,
-    /// Denoising steps.
-    pub num_inference_steps: u32,
-    /// Guidance scale.
-    pub guidance_scale: f64,
-    /// Strength.
-    pub strength: f64,
-    /// DDIM eta.
-    pub eta: f64,
-    /// The scheduler.
-    pub scheduler: Scheduler,
-    /// One seed per image.
-    pub seeds: Vec<u64>,
-    /// Paste the input back outside the (grown, feathered) mask.
-    pub preserve_unmasked: bool,
-    /// Mask dilation in pixels.
-    pub mask_grow_px: u32,
-    /// Mask feathering in pixels.
-    pub mask_feather_px: u32,
-    /// Crop-to-mask padding, when the job asks for it.
-    pub crop_to_mask: Option<u32>,
-    /// Longest input side inferred without cropping.
-    pub max_side: u32,
+    /// Prompts (after the plugin chain), images, sizes, steps, scheduler, seeds, compositing.
+    pub spec: JobSpec,
 }
 
 /// What inference made.
@@ -142,7 +112,8 @@ impl Inference for PassThrough {
         on_step: &mut dyn FnMut(usize, usize) -> StepControl,
     ) -> Result<InferenceOutput, InferenceError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let total = request.num_inference_steps as usize;
+        let spec = &request.spec;
+        let total = spec.num_inference_steps;
         for step in 1..=total {
             if !self.step_delay.is_zero() {
                 std::thread::sleep(self.step_delay);
@@ -151,21 +122,21 @@ impl Inference for PassThrough {
                 return Err(InferenceError::Cancelled);
             }
         }
-        let image = match &request.image {
-            Some(image) => match (request.width, request.height) {
+        let image = match &spec.image {
+            Some(image) => match (spec.width, spec.height) {
                 (Some(w), Some(h)) if (w, h) != image.dimensions() => {
                     image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle)
                 }
                 _ => image.clone(),
             },
             None => RgbImage::from_pixel(
-                request.width.unwrap_or(512),
-                request.height.unwrap_or(512),
+                spec.width.unwrap_or(512),
+                spec.height.unwrap_or(512),
                 image::Rgb([128, 128, 128]),
             ),
         };
         Ok(InferenceOutput {
-            images: request.seeds.iter().map(|_| image.clone()).collect(),
+            images: spec.seeds.iter().map(|_| image.clone()).collect(),
             prompt_truncated: false,
         })
     }
@@ -211,7 +182,8 @@ impl TchEngine {
     }
 }
 
-fn scheduler_kind(scheduler: Scheduler) -> SchedulerKind {
+/// The engine's scheduler for the job's.
+pub fn scheduler_kind(scheduler: Scheduler) -> SchedulerKind {
     match scheduler {
         Scheduler::Pndm => SchedulerKind::Pndm,
         Scheduler::Ddim => SchedulerKind::Ddim,
@@ -232,26 +204,7 @@ impl Inference for TchEngine {
         r: &InferenceRequest,
         on_step: &mut dyn FnMut(usize, usize) -> StepControl,
     ) -> Result<InferenceOutput, InferenceError> {
-        let spec = JobSpec {
-            prompt: r.prompt.clone(),
-            negative_prompt: r.negative_prompt.clone(),
-            image: r.image.clone(),
-            mask: r.mask.clone(),
-            width: r.width,
-            height: r.height,
-            num_inference_steps: r.num_inference_steps as usize,
-            guidance_scale: r.guidance_scale,
-            strength: r.strength,
-            eta: r.eta,
-            scheduler: scheduler_kind(r.scheduler),
-            seeds: r.seeds.clone(),
-            preserve_unmasked: r.preserve_unmasked,
-            mask_grow_px: r.mask_grow_px,
-            mask_feather_px: r.mask_feather_px,
-            crop_to_mask: r.crop_to_mask,
-            max_side: r.max_side,
-        };
-        match self.pipeline.run_job(&spec, on_step) {
+        match self.pipeline.run_job(&r.spec, on_step) {
             Ok(out) => Ok(InferenceOutput {
                 images: out.images,
                 prompt_truncated: out.prompt_truncated,
@@ -321,7 +274,7 @@ pub type Progress = mpsc::Sender<(u32, u32)>;
 
 struct Work {
     request: InferenceRequest,
-    cancelled: Arc<AtomicBool>,
+    cancelled: CancellationToken,
     progress: Option<Progress>,
     reply: oneshot::Sender<Result<InferenceOutput, InferenceError>>,
 }
@@ -383,12 +336,12 @@ impl InferenceThread {
         &self.model
     }
 
-    /// Queues `request` and waits for its images. Setting `cancelled` stops it while queued or
-    /// between steps; `progress` receives (step, total) after each step (dropped when full).
+    /// Queues `request` and waits for its images. Cancelling `cancelled` stops it while queued
+    /// or between steps; `progress` receives (step, total) after each step (dropped when full).
     pub async fn run(
         &self,
         request: InferenceRequest,
-        cancelled: Arc<AtomicBool>,
+        cancelled: CancellationToken,
         progress: Option<Progress>,
     ) -> Result<InferenceOutput, InferenceError> {
         let (reply, answer) = oneshot::channel();
@@ -412,7 +365,7 @@ fn serve(mut engine: Box<dyn Inference>, work: std::sync::mpsc::Receiver<Work>) 
             progress,
             reply,
         } = item;
-        if cancelled.load(Ordering::SeqCst) {
+        if cancelled.is_cancelled() {
             let _ = reply.send(Err(InferenceError::Cancelled));
             continue;
         }
@@ -421,7 +374,7 @@ fn serve(mut engine: Box<dyn Inference>, work: std::sync::mpsc::Receiver<Work>) 
             if let Some(progress) = &progress {
                 let _ = progress.try_send((step as u32, total as u32));
             }
-            if cancelled.load(Ordering::SeqCst) {
+            if cancelled.is_cancelled() {
                 StepControl::Cancel
             } else {
                 StepControl::Continue
@@ -480,7 +433,7 @@ mod tests {
             request: &InferenceRequest,
             _: &mut dyn FnMut(usize, usize) -> StepControl,
         ) -> Result<InferenceOutput, InferenceError> {
-            if request.prompt == "boom" {
+            if request.spec.prompt == "boom" {
                 panic!("engine exploded");
             }
             Ok(InferenceOutput {
@@ -493,23 +446,25 @@ mod tests {
     fn request(prompt: &str) -> InferenceRequest {
         InferenceRequest {
             job_id: JobId::new_random(),
-            prompt: prompt.into(),
-            negative_prompt: None,
-            image: None,
-            mask: None,
-            width: Some(8),
-            height: Some(8),
-            num_inference_steps: 3,
-            guidance_scale: 7.5,
-            strength: 1.0,
-            eta: 0.0,
-            scheduler: Scheduler::Pndm,
-            seeds: vec![1, 2],
-            preserve_unmasked: true,
-            mask_grow_px: 0,
-            mask_feather_px: 0,
-            crop_to_mask: None,
-            max_side: 1024,
+            spec: JobSpec {
+                prompt: prompt.into(),
+                negative_prompt: None,
+                image: None,
+                mask: None,
+                width: Some(8),
+                height: Some(8),
+                num_inference_steps: 3,
+                guidance_scale: 7.5,
+                strength: 1.0,
+                eta: 0.0,
+                scheduler: SchedulerKind::Pndm,
+                seeds: vec![1, 2],
+                preserve_unmasked: true,
+                mask_grow_px: 0,
+                mask_feather_px: 0,
+                crop_to_mask: None,
+                max_side: 1024,
+            },
         }
     }
 
@@ -519,7 +474,7 @@ mod tests {
             .await
             .expect("spawn");
         let err = thread
-            .run(request("boom"), Arc::default(), None)
+            .run(request("boom"), CancellationToken::new(), None)
             .await
             .expect_err("panics");
         assert!(
@@ -527,7 +482,7 @@ mod tests {
             "{err}"
         );
         thread
-            .run(request("fine"), Arc::default(), None)
+            .run(request("fine"), CancellationToken::new(), None)
             .await
             .expect("still serving");
     }
@@ -540,7 +495,7 @@ mod tests {
             .expect("spawn");
         let (tx, mut rx) = mpsc::channel(16);
         let out = thread
-            .run(request("x"), Arc::default(), Some(tx))
+            .run(request("x"), CancellationToken::new(), Some(tx))
             .await
             .expect("runs");
         assert_eq!(out.images.len(), 2);
@@ -550,7 +505,8 @@ mod tests {
             steps.push(step);
         }
         assert_eq!(steps, vec![(1, 3), (2, 3), (3, 3)]);
-        let cancelled = Arc::new(AtomicBool::new(true));
+        let cancelled = CancellationToken::new();
+        cancelled.cancel();
         let err = thread
             .run(request("x"), cancelled, None)
             .await

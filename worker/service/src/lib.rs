@@ -4,10 +4,15 @@
 //! - [`settings`]: [`Settings`], the whole configuration as plain serde data (TOML file plus
 //!   `INPAINT__SECTION__KEY` environment overrides), validated at start-up.
 //! - [`topology`]: every queue, exchange and header name, and their idempotent declaration.
-//! - [`runner`]: the job loop ([`run`], [`run_with`]): consume, execute, publish the result with
-//!   confirms, then settle the delivery; reconnects and graceful shutdown.
+//! - [`parts`]: [`Parts`], the running pieces (store, inference thread, chain, metrics).
+//! - [`flow`]: [`flow::JobFlow`], one job from admission to its stored result, broker-free:
+//!   admission → inputs → plugins before inference → inference → plugins after output →
+//!   encode, provenance, sign → store → manifest. Used by the worker and by `inpaint`.
+//! - [`report`]: what the plugin chain's records become in the result.
+//! - [`runner`]: the broker side ([`run`], [`run_with`]): consume, hand jobs to the flow,
+//!   settle, forward progress, reconnect with backoff, drain on shutdown.
 //! - [`error`]: [`error::JobFailure`] and [`error::action_for`], the one place that maps an
-//!   outcome to ack, retry or dead-letter.
+//!   outcome to ack, retry, dead-letter or release; [`settle`] carries every action out.
 //! - [`inference`]: the [`inference::Inference`] trait, the libtorch engine, the pass-through
 //!   engine and the dedicated inference thread.
 //! - [`images`]: decoding within limits, fitting to the output size, encoding.
@@ -17,26 +22,33 @@
 //! - [`submit`]: `inpaint-worker submit`, publishing a job from the command line.
 //! - [`inpaint_cli`]: `inpaint-worker inpaint`, one job on local files through the same
 //!   engine code path and plugin chain, without a broker.
+//! - [`watermark_cli`]: `inpaint-worker watermark`, embed or detect the invisible watermark.
 //! - [`smoke`]: `inpaint-worker smoke`, one round trip through every external dependency the
 //!   worker has (RabbitMQ with publisher confirms and manual ack, S3, libtorch), for checking a
 //!   deployment before it takes jobs.
 
 pub mod cancel;
 pub mod error;
+pub mod flow;
 pub mod gpu;
 pub mod http;
 pub mod images;
 pub mod inference;
 pub mod inpaint_cli;
 pub mod metrics;
+pub mod parts;
+pub mod report;
 pub mod runner;
 pub mod settings;
+pub mod settle;
 pub mod smoke;
 pub mod store;
 pub mod submit;
 pub mod topology;
+pub mod watermark_cli;
 
-pub use runner::{Parts, WorkerError, run, run_with};
+pub use parts::{Parts, WorkerError};
+pub use runner::{run, run_with};
 pub use settings::Settings;
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM: the shutdown future `main` hands to [`run`].

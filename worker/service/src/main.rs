@@ -8,11 +8,11 @@ use clap::{Parser, Subcommand};
 use inpaint_engine::DeviceSpec;
 use inpaint_queue::BrokerConfig;
 use inpaint_storage::{S3Config, StorageConfig};
-use inpaint_watermark::{DEFAULT_PAYLOAD, Payload, detect_file, embed_file};
 use inpaint_worker::inpaint_cli::{InpaintArgs, run_inpaint};
 use inpaint_worker::settings::{LogFormat, Settings};
 use inpaint_worker::smoke::{SmokeSettings, run_smoke};
 use inpaint_worker::submit::{SubmitRequest, submit};
+use inpaint_worker::watermark_cli::WatermarkAction;
 
 #[derive(Parser)]
 #[command(version, about = "Queue-driven Stable Diffusion 1.5 inpainting worker")]
@@ -94,46 +94,6 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
-enum WatermarkAction {
-    /// Read the watermark of IMAGE and compare it with the expected payload.
-    Detect {
-        image: PathBuf,
-        #[command(flatten)]
-        payload: PayloadArgs,
-        /// Fraction of payload bits that must match for a "watermarked" verdict.
-        #[arg(long, default_value_t = 0.65)]
-        threshold: f64,
-    },
-    /// Write INPUT with the watermark embedded to OUTPUT (PNG or lossless WebP; JPEG is refused).
-    Embed {
-        input: PathBuf,
-        output: PathBuf,
-        #[command(flatten)]
-        payload: PayloadArgs,
-    },
-}
-
-#[derive(clap::Args)]
-struct PayloadArgs {
-    /// Payload as text (default: "StableDiffusionV1-Inpainting", the SD inpainting demo's).
-    #[arg(long, conflicts_with = "payload_hex")]
-    payload_text: Option<String>,
-    /// Payload as hex bytes.
-    #[arg(long)]
-    payload_hex: Option<String>,
-}
-
-impl PayloadArgs {
-    fn payload(&self) -> anyhow::Result<Payload> {
-        Ok(match (&self.payload_text, &self.payload_hex) {
-            (_, Some(hex)) => Payload::from_hex(hex)?,
-            (Some(text), None) => Payload::from_bytes(text.as_bytes())?,
-            (None, None) => Payload::from_bytes(DEFAULT_PAYLOAD)?,
-        })
-    }
-}
-
 fn init_tracing(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         if filter.is_empty() {
@@ -202,45 +162,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", path.display());
             }
         }
-        Command::Watermark { action } => match action {
-            WatermarkAction::Detect {
-                image,
-                payload,
-                threshold,
-            } => {
-                let found = detect_file(&image, &payload.payload()?, threshold)?;
-                let d = &found.detection;
-                println!(
-                    "{}: {} of {} bits match ({:.1} %): {}",
-                    image.display(),
-                    d.bits_matched,
-                    d.total,
-                    100.0 * d.bits_matched as f64 / d.total.max(1) as f64,
-                    if d.verdict {
-                        "watermarked"
-                    } else {
-                        "not watermarked"
-                    }
-                );
-                println!(
-                    "payload read: {}",
-                    found.text.as_deref().unwrap_or(&found.hex)
-                );
-            }
-            WatermarkAction::Embed {
-                input,
-                output,
-                payload,
-            } => {
-                let check = embed_file(&input, &output, &payload.payload()?)?;
-                println!(
-                    "{}: written; read back {} of {} bits",
-                    output.display(),
-                    check.bits_matched,
-                    check.total
-                );
-            }
-        },
+        Command::Watermark { action } => inpaint_worker::watermark_cli::run(action)?,
         Command::Smoke {
             amqp_url,
             s3_endpoint,

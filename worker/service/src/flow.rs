@@ -1,0 +1,675 @@
+//! [`JobFlow`]: one parsed job from admission to its stored result, with no broker in sight.
+//!
+//! The steps read top to bottom in [`JobFlow::run`]: admission → slot → inputs (idempotency,
+//! downloads, decoding) → plugins before inference → inference → plugins after output →
+//! encode, provenance and signing → store → manifest. The worker's runner calls it for every
+//! delivery and settles what it returns; `inpaint-worker inpaint` calls it for one job on local
+//! files, so both produce the same bytes. Tests drive it with an in-memory store, the
+//! pass-through engine and a fake clock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use image::{GrayImage, RgbImage};
+use inpaint_job::{
+    ErrorCode, InpaintJob, InpaintResult, JobId, JobStatus, OutputImage, WorkerInfo,
+};
+use inpaint_plugin_api::{Chain, JobContext};
+use inpaint_storage::{ObjectRef, PutRequest};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::cancel::Cancellations;
+use crate::error::JobFailure;
+use crate::images::{self, Provenance, Signer};
+use crate::inference::{InferenceRequest, InferenceThread, Progress, hex, scheduler_kind};
+use crate::metrics::Metrics;
+use crate::parts::Parts;
+use crate::report;
+use crate::settings::{AllowConfig, LimitsConfig, Settings};
+use crate::store::ObjectStorage;
+use inpaint_engine::job::JobSpec;
+
+/// The licence written into every output's metadata.
+pub const LICENCE: &str = "CreativeML OpenRAIL-M";
+/// Name of the per-job manifest written next to the outputs (the stored result, for
+/// idempotent redeliveries).
+pub const MANIFEST_NAME: &str = "result.json";
+
+/// Milliseconds per step of one job, as the result's `timings_ms` reports them.
+pub type Timings = BTreeMap<String, u64>;
+
+/// What "now" is: the system clock in the worker, a fixed one in tests.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
+/// What one run of the flow gets from its caller besides the job.
+#[derive(Debug, Default)]
+pub struct JobRun {
+    /// The attempt number the result reports.
+    pub attempt: u32,
+    /// Receives (step, total) after each denoising step.
+    pub progress: Option<Progress>,
+    /// Cancelled when the worker starts draining: a job still waiting for a slot stops there,
+    /// interrupted, and its delivery is released.
+    pub draining: CancellationToken,
+    /// Cancelled when the grace period is over: inference stops between two steps.
+    pub stop: CancellationToken,
+}
+
+/// The per-job work of a worker: everything between a parsed job and its result.
+pub struct JobFlow {
+    storage: Arc<dyn ObjectStorage>,
+    inference: InferenceThread,
+    chain: Arc<Chain>,
+    metrics: Arc<Metrics>,
+    signer: Signer,
+    limits: LimitsConfig,
+    allow: AllowConfig,
+    cancels: Cancellations,
+    slots: Semaphore,
+    worker: WorkerInfo,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for JobFlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobFlow")
+            .field("model", self.inference.model())
+            .field("chain", &self.chain)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The required stage kinds (safety checker, watermark) missing from `stages`: what results
+/// report as `worker.missing_required_stages` when `allow_unsafe_chain` let the worker start.
+pub fn missing_required_stages(stages: &[inpaint_stages::StageConfig]) -> Vec<String> {
+    inpaint_stages::REQUIRED_STAGE_KINDS
+        .iter()
+        .filter(|kind| !stages.iter().any(|s| s.kind_name() == **kind))
+        .map(|kind| (*kind).to_owned())
+        .collect()
+}
+
+/// What the inputs step found: an earlier delivery's stored result, or inputs to compute.
+enum Fetched {
+    Answered(Box<InpaintResult>),
+    Fresh(Inputs),
+}
+
+/// Inputs of a job that has to be computed.
+struct Inputs {
+    image: Option<RgbImage>,
+    mask: Option<GrayImage>,
+}
+
+impl JobFlow {
+    /// The flow of a worker with `parts`, configured by `settings`, signing with `signer`.
+    pub fn new(settings: &Settings, parts: &Parts, signer: Signer) -> Self {
+        let mut worker = worker_info();
+        worker.missing_required_stages = missing_required_stages(&settings.chain.stages);
+        Self {
+            storage: Arc::clone(&parts.storage),
+            inference: parts.inference.clone(),
+            chain: Arc::clone(&parts.chain),
+            metrics: Arc::clone(&parts.metrics),
+            signer,
+            limits: settings.limits.clone(),
+            allow: settings.allow.clone(),
+            cancels: Cancellations::default(),
+            slots: Semaphore::new(settings.concurrency.in_flight),
+            worker,
+            clock: system_clock(),
+        }
+    }
+
+    /// The same flow reading the time from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The cancel requests this flow honours (the runner's cancel consumer records them).
+    pub fn cancels(&self) -> &Cancellations {
+        &self.cancels
+    }
+
+    /// The required stages this worker runs without (empty unless `allow_unsafe_chain`).
+    pub fn missing_required_stages(&self) -> &[String] {
+        &self.worker.missing_required_stages
+    }
+
+    /// Whether outputs are C2PA-signed.
+    pub fn is_signing(&self) -> bool {
+        self.signer.is_signing()
+    }
+
+    /// The model results report.
+    pub fn model(&self) -> &inpaint_job::ModelInfo {
+        self.inference.model()
+    }
+
+    /// A result of this worker and model, created now, without outputs.
+    pub fn result(
+        &self,
+        job_id: Option<JobId>,
+        status: JobStatus,
+        attempt: u32,
+        metadata: BTreeMap<String, String>,
+    ) -> InpaintResult {
+        let mut result = InpaintResult::new(
+            job_id,
+            status,
+            self.inference.model().clone(),
+            self.worker.clone(),
+            (self.clock)(),
+        );
+        result.attempt = attempt;
+        // The job's metadata goes back untouched; the override is reported by the worker section.
+        result.metadata = metadata;
+        result
+    }
+
+    /// The failure result of a job that did not succeed.
+    pub fn failure_result(
+        &self,
+        job_id: Option<JobId>,
+        attempt: u32,
+        metadata: BTreeMap<String, String>,
+        failure: &JobFailure,
+    ) -> InpaintResult {
+        let mut result = self.result(job_id, failure.code.status(), attempt, metadata);
+        result.error = Some(failure.to_error_info());
+        result.block = failure.block.as_deref().cloned();
+        result
+    }
+
+    /// Runs one parsed job to its stored result, or to the failure that stopped it.
+    pub async fn run(
+        &self,
+        job: &InpaintJob,
+        run: JobRun,
+        timings: &mut Timings,
+    ) -> Result<InpaintResult, JobFailure> {
+        self.admit(job)?;
+        let _slot = self.slot(job, &run).await?;
+        let inputs = match self.inputs(job, timings).await? {
+            Fetched::Answered(mut previous) => {
+                tracing::info!("outputs already written by an earlier delivery; not recomputing");
+                previous.attempt = run.attempt;
+                return Ok(*previous);
+            }
+            Fetched::Fresh(inputs) => inputs,
+        };
+        let context = self.before_inference(job, &inputs, timings).await?;
+        let seeds = job.per_image_seeds(fallback_seed(job.job_id));
+        let request = inference_request(job, &context, inputs, seeds.clone(), &self.limits);
+        let made = self
+            .infer(job.job_id, request, run.progress, &run.stop, timings)
+            .await?;
+        let outputs = self
+            .after_output(&context, made.images, &seeds, timings)
+            .await?;
+        let mut result = self.result(
+            Some(job.job_id),
+            JobStatus::Succeeded,
+            run.attempt,
+            job.metadata.clone(),
+        );
+        result.prompt_truncated = made.prompt_truncated;
+        result.outputs = self.store(job, outputs, timings).await?;
+        self.write_manifest(job, result, timings).await
+    }
+
+    /// Refusals that need no download: expiry, a cancel heard while queued, the allow-lists,
+    /// and sizes above this worker's maximum.
+    fn admit(&self, job: &InpaintJob) -> Result<(), JobFailure> {
+        if job.is_expired((self.clock)()) {
+            return Err(JobFailure::permanent(
+                ErrorCode::Expired,
+                "expires_at had passed when the job was picked up",
+            ));
+        }
+        self.not_cancelled(job)?;
+        let allow = &self.allow;
+        for (what, input) in [("image", &job.image), ("mask", &job.mask)] {
+            if let Some(object) = input
+                && !allowed(object, &allow.read_buckets, &allow.read_prefixes)
+            {
+                return Err(JobFailure::permanent(
+                    ErrorCode::BucketNotAllowed,
+                    format!("{what} {object}: this worker may not read there"),
+                ));
+            }
+        }
+        let first_output = job.output_key(0).map_err(|e| JobFailure::from(&e))?;
+        if !allowed(&first_output, &allow.write_buckets, &allow.write_prefixes) {
+            return Err(JobFailure::permanent(
+                ErrorCode::BucketNotAllowed,
+                format!(
+                    "output s3://{}/{}: this worker may not write there",
+                    first_output.bucket(),
+                    job.output.prefix
+                ),
+            ));
+        }
+        let max = self.limits.max_output_side;
+        for (field, side) in [("width", job.params.width), ("height", job.params.height)] {
+            if let Some(side) = side
+                && side > max
+            {
+                return Err(JobFailure::permanent(
+                    ErrorCode::InvalidParameter,
+                    format!("params.{field}: {side} is above this worker's maximum of {max}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn not_cancelled(&self, job: &InpaintJob) -> Result<(), JobFailure> {
+        if self.cancels.is_cancelled(job.job_id) {
+            return Err(JobFailure::permanent(
+                ErrorCode::Cancelled,
+                "cancelled while queued",
+            ));
+        }
+        Ok(())
+    }
+
+    /// One job at a time per in-flight slot; a job waiting for a slot can still be cancelled,
+    /// and is released untouched when the worker drains.
+    async fn slot(
+        &self,
+        job: &InpaintJob,
+        run: &JobRun,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, JobFailure> {
+        let permit = tokio::select! {
+            permit = self.slots.acquire() => permit.map_err(|_| JobFailure::interrupted("worker shutting down"))?,
+            () = run.draining.cancelled() => return Err(JobFailure::interrupted("worker shutting down before the job started")),
+        };
+        self.not_cancelled(job)?;
+        Ok(permit)
+    }
+
+    /// The stored result of an earlier delivery, when its manifest and every output it lists
+    /// exist.
+    async fn previous(&self, job: &InpaintJob) -> Result<Option<InpaintResult>, JobFailure> {
+        let manifest = manifest_ref(job)?;
+        let stored = match self.storage.get(&manifest, Some(1 << 20)).await {
+            Ok(stored) => stored,
+            Err(inpaint_storage::StorageError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Ok(result) = InpaintResult::from_json(&stored.bytes) else {
+            return Ok(None);
+        };
+        if result.status != JobStatus::Succeeded {
+            return Ok(None);
+        }
+        for output in &result.outputs {
+            if self.storage.size_of(&output.uri).await?.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(result))
+    }
+
+    /// The decoded inputs, or the stored result when an earlier delivery's outputs answer the
+    /// job.
+    ///
+    /// Idempotency check and downloads at once: a first delivery (the common case) waits for
+    /// one round trip to the store, not two. On a redelivery whose outputs exist the downloads
+    /// are wasted, and their errors ignored: the stored result answers the job even when its
+    /// inputs have since been deleted.
+    async fn inputs(&self, job: &InpaintJob, timings: &mut Timings) -> Result<Fetched, JobFailure> {
+        let t = Instant::now();
+        let max_bytes = Some(self.limits.max_object_bytes);
+        let downloads = async {
+            match (&job.image, &job.mask) {
+                (Some(image), Some(mask)) => futures::try_join!(
+                    self.storage.get(image, max_bytes),
+                    self.storage.get(mask, max_bytes),
+                )
+                .map(Some),
+                _ => Ok(None),
+            }
+        };
+        let (previous, downloaded) = futures::future::join(self.previous(job), downloads)
+            .instrument(tracing::info_span!("download"))
+            .await;
+        if let Some(previous) = previous? {
+            return Ok(Fetched::Answered(Box::new(previous)));
+        }
+        let downloaded = downloaded?;
+        self.timed(timings, "download", t);
+
+        // Decode, within the limits, off the async threads; image and mask at once.
+        let t = Instant::now();
+        let inputs = match downloaded {
+            Some((image_bytes, mask_bytes)) => {
+                let max_pixels = self.limits.max_decoded_pixels;
+                let image = blocking("decoding", move || {
+                    images::decode_rgb(&image_bytes.bytes, "image", max_pixels)
+                });
+                let mask = blocking("decoding", move || {
+                    images::decode_rgb(&mask_bytes.bytes, "mask", max_pixels)
+                        .map(|mask| inpaint_engine::pipeline::pil_luma(&mask))
+                });
+                let (image, mask) = futures::try_join!(image, mask)?;
+                if image.dimensions() != mask.dimensions() {
+                    let (mw, mh) = mask.dimensions();
+                    return Err(JobFailure::permanent(
+                        ErrorCode::UndecodableImage,
+                        format!(
+                            "mask is {mw}x{mh} but image is {}x{}",
+                            image.width(),
+                            image.height()
+                        ),
+                    ));
+                }
+                Inputs {
+                    image: Some(image),
+                    mask: Some(mask),
+                }
+            }
+            None => Inputs {
+                image: None,
+                mask: None,
+            },
+        };
+        self.timed(timings, "decode", t);
+        Ok(Fetched::Fresh(inputs))
+    }
+
+    /// The plugin chain before inference: may rewrite the prompts or block the job.
+    async fn before_inference(
+        &self,
+        job: &InpaintJob,
+        inputs: &Inputs,
+        timings: &mut Timings,
+    ) -> Result<JobContext, JobFailure> {
+        let t = Instant::now();
+        let chain = Arc::clone(&self.chain);
+        let context = JobContext {
+            job_id: *job.job_id.as_uuid(),
+            prompt: job.prompt.clone(),
+            negative_prompt: job.negative_prompt.clone(),
+            params: serde_json::to_value(&job.params).unwrap_or_default(),
+            metadata: job.metadata.clone(),
+            text_only: job.is_text_only(),
+            reports: Vec::new(),
+            // A copy: the engine request takes the image by value.
+            input_image: inputs.image.clone().map(Arc::new),
+        };
+        let before = blocking("plugin", move || {
+            chain.before_inference(context).map_err(JobFailure::from)
+        })
+        .instrument(tracing::info_span!("plugins", hook = "before-inference"))
+        .await?;
+        self.timed(timings, "plugins_before", t);
+        report::count_audit(&self.metrics, &before.audit);
+        if let Some(block) = &before.block {
+            return Err(JobFailure::blocked(
+                ErrorCode::PolicyBlocked,
+                report::block_info(block),
+            ));
+        }
+        Ok(before.context)
+    }
+
+    /// Inference on the dedicated thread, stopped by a cancel request for the job or by `stop`.
+    async fn infer(
+        &self,
+        job_id: JobId,
+        request: InferenceRequest,
+        progress: Option<Progress>,
+        stop: &CancellationToken,
+        timings: &mut Timings,
+    ) -> Result<crate::inference::InferenceOutput, JobFailure> {
+        let t = Instant::now();
+        let running = self.cancels.start(job_id, stop);
+        let output = self
+            .inference
+            .run(request, running.token.clone(), progress)
+            .await;
+        self.cancels.finish(running);
+        let output = output?;
+        self.timed(timings, "inference", t);
+        Ok(output)
+    }
+
+    /// The plugin chain after output: safety checks, watermark, provenance fields.
+    async fn after_output(
+        &self,
+        context: &JobContext,
+        images: Vec<RgbImage>,
+        seeds: &[u64],
+        timings: &mut Timings,
+    ) -> Result<Vec<inpaint_plugin_api::OutputImage>, JobFailure> {
+        let t = Instant::now();
+        let chain = Arc::clone(&self.chain);
+        let outputs: Vec<inpaint_plugin_api::OutputImage> = images
+            .into_iter()
+            .zip(seeds)
+            .enumerate()
+            .map(|(i, (img, seed))| inpaint_plugin_api::OutputImage::new(i as u32, *seed, img))
+            .collect();
+        let expected = outputs.len();
+        let context = context.clone();
+        let after = blocking("plugin", move || {
+            chain
+                .after_output(&context, outputs)
+                .map_err(JobFailure::from)
+        })
+        .instrument(tracing::info_span!("plugins", hook = "after-output"))
+        .await?;
+        self.timed(timings, "plugins_after", t);
+        report::count_audit(&self.metrics, &after.audit);
+        if let Some(block) = after.blocks.first() {
+            return Err(JobFailure::blocked(
+                ErrorCode::SafetyBlocked,
+                report::block_info(block),
+            ));
+        }
+        if after.images.len() != expected {
+            return Err(JobFailure::internal("the plugin chain lost an image"));
+        }
+        let mut images = after.images;
+        for out in &mut images {
+            report::mark_missing_stages(out, &self.worker.missing_required_stages);
+        }
+        Ok(images)
+    }
+
+    /// Encodes every output with its provenance, signs it when configured, and writes it to
+    /// the store; the result's entries, with the sha256 of the bytes written.
+    async fn store(
+        &self,
+        job: &InpaintJob,
+        outputs: Vec<inpaint_plugin_api::OutputImage>,
+        timings: &mut Timings,
+    ) -> Result<Vec<OutputImage>, JobFailure> {
+        let t = Instant::now();
+        let format = job.output.format;
+        let model = self.inference.model();
+        let uploads = outputs.into_iter().map(|out| async move {
+            let index = out.index;
+            let uri = job.output_key(index).map_err(|e| JobFailure::from(&e))?;
+            let (width, height) = out.image.dimensions();
+            let safety = report::safety_of(&out);
+            let watermark = report::watermark_of(&out);
+            let provenance = Provenance::of(&out);
+            let image = out.image;
+            let signer = self.signer.clone();
+            // Signed last, so the sha256 below and the manifest's data hash are of the bytes
+            // that are stored.
+            let bytes = blocking("encoding", move || {
+                let encoded = images::encode(&image, format, &provenance)?;
+                signer.sign(encoded, format, &provenance)
+            })
+            .await?;
+            let sha256 = hex(&Sha256::digest(&bytes));
+            let request = PutRequest {
+                content_type: Some(format.content_type().into()),
+                metadata: vec![
+                    ("job-id".into(), job.job_id.to_string()),
+                    ("model".into(), model.id.clone()),
+                    ("model-sha256".into(), model.weights_sha256.clone()),
+                    ("licence".into(), LICENCE.into()),
+                    ("seed".into(), out.seed.to_string()),
+                ],
+            };
+            self.storage.put(&uri, Bytes::from(bytes), &request).await?;
+            Ok::<_, JobFailure>(OutputImage {
+                uri,
+                index,
+                seed: out.seed,
+                sha256,
+                width,
+                height,
+                content_type: format.content_type().into(),
+                safety,
+                watermark,
+            })
+        });
+        let stored = futures::future::try_join_all(uploads)
+            .instrument(tracing::info_span!("upload"))
+            .await?;
+        self.timed(timings, "upload", t);
+        Ok(stored)
+    }
+
+    /// Writes the result beside the outputs (what a redelivery answers with) and returns it.
+    async fn write_manifest(
+        &self,
+        job: &InpaintJob,
+        mut result: InpaintResult,
+        timings: &mut Timings,
+    ) -> Result<InpaintResult, JobFailure> {
+        let t = Instant::now();
+        result.timings_ms = timings.clone();
+        let body = result
+            .to_json()
+            .map_err(|e| JobFailure::internal(e.to_string()))?;
+        let request = PutRequest {
+            content_type: Some("application/json".into()),
+            metadata: vec![("job-id".into(), job.job_id.to_string())],
+        };
+        self.storage
+            .put(&manifest_ref(job)?, Bytes::from(body), &request)
+            .await?;
+        // In the published result (the runner merges `timings`), not in the manifest it timed.
+        self.timed(timings, "manifest", t);
+        Ok(result)
+    }
+
+    fn timed(&self, timings: &mut Timings, stage: &str, started: Instant) {
+        let elapsed = started.elapsed();
+        timings.insert(stage.to_owned(), elapsed.as_millis() as u64);
+        self.metrics.observe_stage(stage, elapsed.as_secs_f64());
+    }
+}
+
+/// The engine's request for `job` after the chain rewrote its prompts.
+fn inference_request(
+    job: &InpaintJob,
+    context: &JobContext,
+    inputs: Inputs,
+    seeds: Vec<u64>,
+    limits: &LimitsConfig,
+) -> InferenceRequest {
+    let params = &job.params;
+    InferenceRequest {
+        job_id: job.job_id,
+        spec: JobSpec {
+            prompt: context.prompt.clone(),
+            negative_prompt: context.negative_prompt.clone(),
+            image: inputs.image,
+            mask: inputs.mask,
+            width: params.width,
+            height: params.height,
+            num_inference_steps: params.num_inference_steps as usize,
+            guidance_scale: params.guidance_scale,
+            strength: params.strength,
+            eta: params.eta,
+            scheduler: scheduler_kind(params.scheduler),
+            seeds,
+            preserve_unmasked: params.preserve_unmasked,
+            mask_grow_px: params.mask_grow_px,
+            mask_feather_px: params.mask_feather_px,
+            crop_to_mask: params.crop_to_mask.map(|c| c.padding_px),
+            max_side: limits.max_output_side,
+        },
+    }
+}
+
+/// Runs CPU work off the async threads; a panic in it is an internal failure.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T, JobFailure> + Send + 'static,
+) -> Result<T, JobFailure> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| JobFailure::internal(format!("{what} task: {e}")))?
+}
+
+fn allowed(object: &ObjectRef, buckets: &[String], prefixes: &[String]) -> bool {
+    buckets.iter().any(|b| b == object.bucket())
+        && (prefixes.is_empty()
+            || prefixes
+                .iter()
+                .any(|p| object.key().starts_with(p.as_str())))
+}
+
+/// The manifest object of a job: `result.json` beside its outputs.
+pub fn manifest_ref(job: &InpaintJob) -> Result<ObjectRef, JobFailure> {
+    let first = job.output_key(0).map_err(|e| JobFailure::from(&e))?;
+    let key = match first.key().rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{MANIFEST_NAME}"),
+        None => MANIFEST_NAME.to_owned(),
+    };
+    ObjectRef::new(first.bucket(), key).map_err(|e| JobFailure::internal(e.to_string()))
+}
+
+/// The seed of image 0 when the job gives none: derived from the job id, so a redelivered job
+/// makes the same images.
+pub fn fallback_seed(job_id: JobId) -> u64 {
+    let bytes = job_id.as_uuid().as_bytes();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(first) >> 11
+}
+
+/// This process as results name it: version and host.
+pub fn worker_info() -> WorkerInfo {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    WorkerInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        host,
+        missing_required_stages: vec![],
+    }
+}
+
+#[cfg(test)]
+#[path = "flow_tests.rs"]
+mod tests;

@@ -1,0 +1,327 @@
+//! The job flow without a broker: an in-memory store, the pass-through engine, a fixed clock.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::TimeZone;
+use inpaint_storage::{Storage, StorageConfig};
+
+use super::*;
+use crate::inference::PassThrough;
+use crate::settings::{ChainConfig, ConcurrencyConfig};
+
+const BUCKET: &str = "bkt";
+
+struct Bench {
+    flow: JobFlow,
+    store: Arc<Storage>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
+        .single()
+        .expect("time")
+}
+
+fn settings() -> Settings {
+    Settings {
+        limits: LimitsConfig {
+            max_output_side: 1024,
+            ..LimitsConfig::default()
+        },
+        allow: AllowConfig {
+            read_buckets: vec![BUCKET.into()],
+            write_buckets: vec![BUCKET.into()],
+            ..AllowConfig::default()
+        },
+        chain: ChainConfig {
+            stages: Vec::new(),
+            allow_unsafe_chain: true,
+        },
+        ..Settings::default()
+    }
+}
+
+async fn bench_with(settings: Settings, at: DateTime<Utc>) -> Bench {
+    let store = Arc::new(StorageConfig::Memory.build().expect("memory store"));
+    let engine = PassThrough::default();
+    let calls = Arc::clone(&engine.calls);
+    let inference = InferenceThread::spawn(move || Ok(Box::new(engine) as Box<_>))
+        .await
+        .expect("engine");
+    let parts = Parts {
+        storage: Arc::clone(&store) as Arc<dyn ObjectStorage>,
+        inference,
+        chain: Arc::new(Chain::new(Vec::new())),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let flow = JobFlow::new(&settings, &parts, Signer::default()).with_clock(Arc::new(move || at));
+    Bench { flow, store, calls }
+}
+
+async fn bench() -> Bench {
+    bench_with(settings(), now()).await
+}
+
+fn png(image: &RgbImage) -> Vec<u8> {
+    images::encode(
+        image,
+        inpaint_job::OutputFormat::Png {},
+        &Provenance::default(),
+    )
+    .expect("png")
+}
+
+impl Bench {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> ObjectRef {
+        let object = ObjectRef::new(BUCKET, key).expect("ref");
+        self.store
+            .put(&object, Bytes::from(bytes), &PutRequest::default())
+            .await
+            .expect("put");
+        object
+    }
+
+    async fn job(&self, edit: impl FnOnce(&mut serde_json::Value)) -> InpaintJob {
+        let image = RgbImage::from_fn(32, 24, |x, y| image::Rgb([x as u8 * 7, y as u8 * 9, 90]));
+        let mask = RgbImage::from_fn(32, 24, |x, _| image::Rgb([if x > 16 { 255 } else { 0 }; 3]));
+        let image = self.put("in/image.png", png(&image)).await;
+        let mask = self.put("in/mask.png", png(&mask)).await;
+        let mut job = serde_json::json!({
+            "schema_version": 1,
+            "job_id": JobId::new_random().to_string(),
+            "image": image.to_string(),
+            "mask": mask.to_string(),
+            "prompt": "a red bicycle",
+            "params": {"num_inference_steps": 2, "num_images": 2},
+            "output": {"bucket": BUCKET, "prefix": "out"},
+        });
+        edit(&mut job);
+        InpaintJob::from_json(&serde_json::to_vec(&job).expect("json")).expect("valid job")
+    }
+
+    async fn run(&self, job: &InpaintJob) -> Result<InpaintResult, JobFailure> {
+        let run = JobRun {
+            attempt: 1,
+            ..JobRun::default()
+        };
+        self.flow.run(job, run, &mut Timings::new()).await
+    }
+}
+
+#[tokio::test]
+async fn a_job_is_stored_with_its_manifest_and_a_redelivery_is_answered_from_it() {
+    let bench = bench().await;
+    let job = bench.job(|_| {}).await;
+    let result = bench.run(&job).await.expect("succeeds");
+    assert_eq!(result.status, JobStatus::Succeeded);
+    assert_eq!(
+        result.finished_at,
+        now(),
+        "the flow's clock dates the result"
+    );
+    assert_eq!(result.outputs.len(), 2);
+    for (i, output) in result.outputs.iter().enumerate() {
+        let stored = bench.store.get(&output.uri, None).await.expect("stored");
+        assert_eq!(
+            output.sha256,
+            hex(&Sha256::digest(&stored.bytes)),
+            "output {i}"
+        );
+        assert_eq!((output.width, output.height), (32, 24));
+    }
+    let manifest = bench
+        .store
+        .get(&manifest_ref(&job).expect("manifest"), None)
+        .await
+        .expect("manifest stored");
+    let stored = InpaintResult::from_json(&manifest.bytes).expect("manifest parses");
+    assert_eq!(stored.outputs, result.outputs);
+    for step in [
+        "download",
+        "decode",
+        "plugins_before",
+        "inference",
+        "plugins_after",
+        "upload",
+    ] {
+        assert!(
+            result.timings_ms.contains_key(step),
+            "{step}: {:?}",
+            result.timings_ms
+        );
+    }
+
+    let again = bench
+        .flow
+        .run(
+            &job,
+            JobRun {
+                attempt: 2,
+                ..JobRun::default()
+            },
+            &mut Timings::new(),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(again.outputs, result.outputs);
+    assert_eq!(again.attempt, 2);
+    assert_eq!(bench.calls.load(Ordering::SeqCst), 1, "not recomputed");
+}
+
+#[tokio::test]
+async fn expiry_follows_the_flows_clock() {
+    for (offset, expired) in [(-1_i64, true), (0, true), (1, false)] {
+        let bench = bench().await;
+        let deadline = now() + chrono::Duration::seconds(offset);
+        let job = bench
+            .job(|j| j["expires_at"] = deadline.to_rfc3339().into())
+            .await;
+        let outcome = bench.run(&job).await;
+        if expired {
+            assert_eq!(
+                outcome.expect_err("expired").code,
+                ErrorCode::Expired,
+                "{offset}"
+            );
+            assert_eq!(bench.calls.load(Ordering::SeqCst), 0);
+        } else {
+            outcome.expect("not yet expired");
+        }
+    }
+}
+
+#[tokio::test]
+async fn admission_refusals_come_before_any_download_or_inference() {
+    let bench = bench().await;
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(Edit, ErrorCode); 5] = [
+        (
+            |j| j["image"] = "s3://elsewhere/a.png".into(),
+            ErrorCode::BucketNotAllowed,
+        ),
+        (
+            |j| j["mask"] = "s3://elsewhere/m.png".into(),
+            ErrorCode::BucketNotAllowed,
+        ),
+        (
+            |j| j["output"]["bucket"] = "elsewhere".into(),
+            ErrorCode::BucketNotAllowed,
+        ),
+        (
+            |j| {
+                j["params"]
+                    .as_object_mut()
+                    .expect("params")
+                    .extend([("width".into(), 2048.into()), ("height".into(), 64.into())])
+            },
+            ErrorCode::InvalidParameter,
+        ),
+        (
+            |j| {
+                j["params"]
+                    .as_object_mut()
+                    .expect("params")
+                    .extend([("width".into(), 64.into()), ("height".into(), 2048.into())])
+            },
+            ErrorCode::InvalidParameter,
+        ),
+    ];
+    for (edit, code) in cases {
+        let mut job = bench.job(edit).await;
+        // A missing input would fail the download: only admission can refuse these.
+        if code == ErrorCode::InvalidParameter {
+            job.image = Some(ObjectRef::new(BUCKET, "missing.png").expect("ref"));
+        }
+        let failure = bench.run(&job).await.expect_err("refused");
+        assert_eq!(failure.code, code, "{}", failure.message);
+        assert!(!failure.transient && !failure.interrupted);
+    }
+    assert_eq!(bench.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn cancelled_and_drained_jobs_never_reach_the_engine() {
+    let bench = bench().await;
+    let job = bench.job(|_| {}).await;
+    bench.flow.cancels().cancel(job.job_id);
+    let failure = bench.run(&job).await.expect_err("cancelled");
+    assert_eq!(failure.code, ErrorCode::Cancelled);
+
+    // No free slot: a draining worker gives the job back instead of waiting.
+    let busy = Settings {
+        concurrency: ConcurrencyConfig {
+            in_flight: 0,
+            ..ConcurrencyConfig::default()
+        },
+        ..settings()
+    };
+    let bench = bench_with(busy, now()).await;
+    let job = bench.job(|_| {}).await;
+    let run = JobRun::default();
+    let draining = run.draining.clone();
+    let mut timings = Timings::new();
+    let flow = bench.flow.run(&job, run, &mut timings);
+    tokio::pin!(flow);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut flow)
+            .await
+            .is_err(),
+        "waits for a slot"
+    );
+    draining.cancel();
+    let failure = flow.await.expect_err("released");
+    assert!(failure.interrupted, "{failure:?}");
+    assert_eq!(
+        crate::error::action_for(Err(&failure), 1, &Settings::default().retry),
+        crate::error::Action::Release
+    );
+    assert_eq!(bench.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn the_stop_token_stops_inference_between_steps() {
+    let bench = bench().await;
+    let job = bench.job(|_| {}).await;
+    let run = JobRun::default();
+    run.stop.cancel();
+    let failure = bench
+        .flow
+        .run(&job, run, &mut Timings::new())
+        .await
+        .expect_err("stopped");
+    assert_eq!(failure.code, ErrorCode::Cancelled);
+}
+
+#[test]
+fn allow_lists_check_bucket_and_prefix() {
+    let object = |bucket: &str, key: &str| ObjectRef::new(bucket, key).expect("ref");
+    let buckets = vec!["inputs".to_owned()];
+    assert!(allowed(&object("inputs", "any/key"), &buckets, &[]));
+    assert!(!allowed(&object("other", "any/key"), &buckets, &[]));
+    let prefixes = vec!["tenants/".to_owned()];
+    assert!(allowed(
+        &object("inputs", "tenants/1/a.png"),
+        &buckets,
+        &prefixes
+    ));
+    assert!(!allowed(
+        &object("inputs", "other/a.png"),
+        &buckets,
+        &prefixes
+    ));
+}
+
+#[test]
+fn fallback_seeds_are_stable_per_job() {
+    let id = JobId::new_random();
+    assert_eq!(fallback_seed(id), fallback_seed(id));
+    assert!(fallback_seed(id) < (1 << 53));
+}
+
+#[test]
+fn missing_required_stages_names_what_the_chain_lacks() {
+    let missing = missing_required_stages(&[]);
+    assert_eq!(missing, inpaint_stages::REQUIRED_STAGE_KINDS.to_vec());
+}

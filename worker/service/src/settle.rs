@@ -1,0 +1,269 @@
+//! Carrying out the broker's side of a job: [`carry_out`] does every [`Action`] that
+//! [`crate::error::action_for`] decides — publish the result then ack, publish the failure then
+//! dead-letter, republish to the delay queue then ack, or release to the queue — through two
+//! small traits ([`Outbox`], [`Settle`]) that lapin implements in the worker and a recorder
+//! implements in tests.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use inpaint_job::InpaintResult;
+use inpaint_queue::lapin::options::{BasicAckOptions, BasicNackOptions};
+use inpaint_queue::lapin::types::{AMQPValue, FieldTable};
+use inpaint_queue::lapin::{Acker, BasicProperties};
+use inpaint_queue::{Publisher, QueueError};
+use tracing::Instrument;
+
+use crate::error::Action;
+use crate::metrics::Metrics;
+use crate::topology::{self, ATTEMPT_HEADER, ERROR_HEADER, TopologyConfig};
+
+/// Header on result messages naming the required stages this worker runs without.
+pub const UNSAFE_CHAIN_HEADER: &str = "x-inpaint-unsafe-chain";
+
+/// Confirmed publishing (a [`Publisher`] in the worker).
+pub trait Outbox: Send + Sync {
+    /// Publishes `body` and waits for the broker's confirm.
+    fn publish<'a>(
+        &'a self,
+        exchange: &'a str,
+        routing_key: &'a str,
+        body: &'a [u8],
+        properties: BasicProperties,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+}
+
+impl Outbox for Publisher {
+    fn publish<'a>(
+        &'a self,
+        exchange: &'a str,
+        routing_key: &'a str,
+        body: &'a [u8],
+        properties: BasicProperties,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(Publisher::publish(
+            self,
+            exchange,
+            routing_key,
+            body,
+            properties,
+        ))
+    }
+}
+
+/// Settling one delivery (its [`Acker`] in the worker).
+pub trait Settle: Send + Sync {
+    /// Acknowledges the delivery.
+    fn ack(&self) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// Rejects it: back to the queue with `requeue`, else to the dead-letter exchange.
+    fn reject(&self, requeue: bool) -> BoxFuture<'_, Result<(), QueueError>>;
+}
+
+impl Settle for Acker {
+    fn ack(&self) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            Acker::ack(self, BasicAckOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(|source| QueueError::Amqp {
+                    operation: "acknowledging",
+                    source,
+                })
+        })
+    }
+
+    fn reject(&self, requeue: bool) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            let options = BasicNackOptions {
+                requeue,
+                ..Default::default()
+            };
+            Acker::nack(self, options)
+                .await
+                .map(|_| ())
+                .map_err(|source| QueueError::Amqp {
+                    operation: if requeue {
+                        "releasing"
+                    } else {
+                        "dead-lettering"
+                    },
+                    source,
+                })
+        })
+    }
+}
+
+/// The message being settled, as it arrived.
+#[derive(Clone, Copy, Debug)]
+pub struct Received<'a> {
+    /// The body, republished as is on a retry.
+    pub data: &'a [u8],
+    /// Its properties: headers (attempt), `reply_to`, `correlation_id`.
+    pub properties: &'a BasicProperties,
+    /// The attempt this delivery was.
+    pub attempt: u32,
+}
+
+/// What settling needs besides the delivery: names and counters.
+#[derive(Clone, Copy, Debug)]
+pub struct Settling<'a> {
+    /// Exchange and queue names.
+    pub topology: &'a TopologyConfig,
+    /// Required stages this worker runs without (the [`UNSAFE_CHAIN_HEADER`]).
+    pub unsafe_chain: &'a [String],
+    /// Where publish and ack times and retries are counted.
+    pub metrics: &'a Metrics,
+}
+
+/// What [`carry_out`] is told besides the action: the final result (for [`Action::Ack`] and
+/// [`Action::DeadLetter`]) or the error a retry carries.
+#[derive(Debug)]
+pub enum Answer {
+    /// The result to publish before settling.
+    Result(Box<InpaintResult>),
+    /// Nothing to publish; the error (for a retry's header and the log).
+    Nothing(String),
+}
+
+/// Does `action` for one delivery. Every broker outcome of a job goes through here: an Err
+/// means the delivery is still unsettled (the caller then releases it, through here too).
+pub async fn carry_out(
+    settling: &Settling<'_>,
+    outbox: &dyn Outbox,
+    delivery: &dyn Settle,
+    received: Received<'_>,
+    action: Action,
+    answer: Answer,
+) -> Result<(), QueueError> {
+    let metrics = settling.metrics;
+    match (action, answer) {
+        (Action::Release, _) => {
+            delivery.reject(true).await?;
+            tracing::info!("delivery released to the queue");
+        }
+        (Action::Retry { after }, answer) => {
+            let message = match &answer {
+                Answer::Nothing(message) => message.clone(),
+                Answer::Result(result) => result
+                    .error
+                    .as_ref()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default(),
+            };
+            tracing::warn!(error = %message, retry_in_ms = after.as_millis() as u64, "transient failure; retrying through the delay queue");
+            let properties = retry_properties(received, &message, after);
+            outbox
+                .publish(
+                    "",
+                    &settling.topology.delay_queue_for(received.attempt),
+                    received.data,
+                    properties,
+                )
+                .await?;
+            delivery.ack().await?;
+            metrics.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        (Action::Ack | Action::DeadLetter, Answer::Nothing(message)) => {
+            return Err(QueueError::Config(format!(
+                "no result to publish for a final action ({message})"
+            )));
+        }
+        (Action::Ack | Action::DeadLetter, Answer::Result(result)) => {
+            // Publish and ack happen after the result is final: their times go to the metrics
+            // (`inpaint_stage_seconds{stage="publish"|"ack"}`) only.
+            let t = Instant::now();
+            publish_result(settling, outbox, received.properties, &result)
+                .instrument(tracing::info_span!("publish"))
+                .await?;
+            metrics.observe_stage("publish", t.elapsed().as_secs_f64());
+            metrics.count_status(result.status);
+            let t = Instant::now();
+            if action == Action::Ack {
+                delivery.ack().await?;
+            } else {
+                delivery.reject(false).await?;
+            }
+            metrics.observe_stage("ack", t.elapsed().as_secs_f64());
+            tracing::info!(status = ?result.status, outputs = result.outputs.len(), "job settled");
+        }
+    }
+    Ok(())
+}
+
+/// The job as republished to the delay queue: next attempt number, the error, and the delay
+/// as the message's expiration.
+fn retry_properties(received: Received<'_>, message: &str, after: Duration) -> BasicProperties {
+    let mut headers = received.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        ATTEMPT_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(received.attempt) + 1),
+    );
+    headers.insert(
+        ERROR_HEADER.into(),
+        AMQPValue::LongString(truncate(message, 500).into()),
+    );
+    received
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_expiration(after.as_millis().to_string().into())
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.char_indices()
+        .take_while(|(i, _)| *i < max)
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// Publishes a result to the results exchange (confirmed) and, best effort, to the job's
+/// `reply_to` with its `correlation_id`.
+async fn publish_result(
+    settling: &Settling<'_>,
+    outbox: &dyn Outbox,
+    job: &BasicProperties,
+    result: &InpaintResult,
+) -> Result<(), QueueError> {
+    let body = result
+        .to_json()
+        .map_err(|e| QueueError::Config(format!("serialising the result: {e}")))?;
+    let mut properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    if let Some(id) = result.job_id {
+        properties = properties.with_message_id(id.to_string().into());
+    }
+    if let Some(correlation) = job.correlation_id() {
+        properties = properties.with_correlation_id(correlation.clone());
+    }
+    if !settling.unsafe_chain.is_empty() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            UNSAFE_CHAIN_HEADER.into(),
+            AMQPValue::LongString(settling.unsafe_chain.join(",").into()),
+        );
+        properties = properties.with_headers(headers);
+    }
+    outbox
+        .publish(
+            &settling.topology.results_exchange,
+            &topology::result_routing_key(result.status),
+            &body,
+            properties.clone(),
+        )
+        .await?;
+    if let Some(reply_to) = job.reply_to()
+        && let Err(e) = outbox
+            .publish("", reply_to.as_str(), &body, properties)
+            .await
+    {
+        tracing::warn!(error = %e, "could not publish the result to reply_to");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "settle_tests.rs"]
+mod tests;

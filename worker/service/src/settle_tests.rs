@@ -1,0 +1,328 @@
+//! Every action against a recording broker: what is published where, in which order relative
+//! to the settlement, and what a failed publish leaves unsettled.
+
+use std::sync::Mutex;
+
+use inpaint_job::{ErrorCode, JobId, JobStatus, WorkerInfo};
+
+use super::*;
+use crate::error::JobFailure;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Event {
+    Publish {
+        exchange: String,
+        routing_key: String,
+        headers: Option<FieldTable>,
+        expiration: Option<String>,
+    },
+    Ack,
+    Reject {
+        requeue: bool,
+    },
+}
+
+/// Records what the settlement did; publishes to `fail_on` fail like a lost confirm.
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<Event>>,
+    fail_on: Option<&'static str>,
+}
+
+impl Recorder {
+    fn events(&self) -> Vec<Event> {
+        self.events.lock().expect("lock").clone()
+    }
+}
+
+impl Outbox for Recorder {
+    fn publish<'a>(
+        &'a self,
+        exchange: &'a str,
+        routing_key: &'a str,
+        _body: &'a [u8],
+        properties: BasicProperties,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            if self.fail_on == Some(exchange) {
+                return Err(QueueError::Config("nacked by the broker".into()));
+            }
+            self.events.lock().expect("lock").push(Event::Publish {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+                headers: properties.headers().clone(),
+                expiration: properties.expiration().as_ref().map(|e| e.to_string()),
+            });
+            Ok(())
+        })
+    }
+}
+
+impl Settle for Recorder {
+    fn ack(&self) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.events.lock().expect("lock").push(Event::Ack);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn reject(&self, requeue: bool) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.events
+            .lock()
+            .expect("lock")
+            .push(Event::Reject { requeue });
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn result(status: JobStatus) -> Box<InpaintResult> {
+    let model = crate::parts::pass_through_model();
+    let worker = WorkerInfo {
+        version: "0".into(),
+        host: "h".into(),
+        missing_required_stages: vec![],
+    };
+    Box::new(InpaintResult::new(
+        Some(JobId::new_random()),
+        status,
+        model,
+        worker,
+        chrono::Utc::now(),
+    ))
+}
+
+async fn settle(
+    recorder: &Recorder,
+    action: Action,
+    answer: Answer,
+    reply_to: bool,
+    unsafe_chain: &[String],
+) -> Result<(), QueueError> {
+    let topology = TopologyConfig::with_prefix("t");
+    let metrics = Metrics::default();
+    let settling = Settling {
+        topology: &topology,
+        unsafe_chain,
+        metrics: &metrics,
+    };
+    let mut properties = BasicProperties::default();
+    if reply_to {
+        properties = properties.with_reply_to("replies".into());
+    }
+    let received = Received {
+        data: b"{}",
+        properties: &properties,
+        attempt: 2,
+    };
+    carry_out(&settling, recorder, recorder, received, action, answer).await
+}
+
+fn publish_to(exchange: &str, routing_key: &str) -> (String, String) {
+    (exchange.to_owned(), routing_key.to_owned())
+}
+
+fn targets(events: &[Event]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Publish {
+                exchange,
+                routing_key,
+                ..
+            } => Some(publish_to(exchange, routing_key)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn final_actions_publish_the_result_before_settling() {
+    let topology = TopologyConfig::with_prefix("t");
+    for (action, status, settled) in [
+        (Action::Ack, JobStatus::Succeeded, Event::Ack),
+        (Action::Ack, JobStatus::Cancelled, Event::Ack),
+        (
+            Action::DeadLetter,
+            JobStatus::Rejected,
+            Event::Reject { requeue: false },
+        ),
+    ] {
+        for reply_to in [false, true] {
+            let recorder = Recorder::default();
+            settle(
+                &recorder,
+                action,
+                Answer::Result(result(status)),
+                reply_to,
+                &[],
+            )
+            .await
+            .expect("settled");
+            let events = recorder.events();
+            let mut expected = vec![publish_to(
+                &topology.results_exchange,
+                &topology::result_routing_key(status),
+            )];
+            if reply_to {
+                expected.push(publish_to("", "replies"));
+            }
+            assert_eq!(targets(&events), expected, "{action:?} {status:?}");
+            assert_eq!(events.last(), Some(&settled), "settled last: {events:?}");
+            assert_eq!(events.len(), expected.len() + 1, "{events:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_retry_republishes_the_next_attempt_to_the_delay_queue_then_acks() {
+    let topology = TopologyConfig::with_prefix("t");
+    let recorder = Recorder::default();
+    let after = Duration::from_millis(400);
+    settle(
+        &recorder,
+        Action::Retry { after },
+        Answer::Nothing("storage unavailable".into()),
+        true,
+        &[],
+    )
+    .await
+    .expect("settled");
+    let events = recorder.events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    let Event::Publish {
+        exchange,
+        routing_key,
+        headers,
+        expiration,
+    } = &events[0]
+    else {
+        panic!("publish first: {events:?}");
+    };
+    assert_eq!(
+        (exchange.as_str(), routing_key.clone()),
+        ("", topology.delay_queue_for(2))
+    );
+    assert_eq!(expiration.as_deref(), Some("400"));
+    let headers = headers.as_ref().expect("headers");
+    assert_eq!(topology::header_u32(Some(headers), ATTEMPT_HEADER), Some(3));
+    assert!(headers.inner().keys().any(|k| k.as_str() == ERROR_HEADER));
+    assert_eq!(events[1], Event::Ack);
+}
+
+#[tokio::test]
+async fn a_release_publishes_nothing_and_requeues() {
+    for answer in [
+        Answer::Nothing("worker shutting down".into()),
+        Answer::Result(result(JobStatus::Succeeded)),
+    ] {
+        let recorder = Recorder::default();
+        settle(&recorder, Action::Release, answer, true, &[])
+            .await
+            .expect("released");
+        assert_eq!(recorder.events(), vec![Event::Reject { requeue: true }]);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_publish_leaves_the_delivery_unsettled_for_the_caller_to_release() {
+    let topology = TopologyConfig::with_prefix("t");
+    for (action, fail_on) in [
+        (Action::Ack, topology.results_exchange.clone()),
+        (Action::DeadLetter, topology.results_exchange.clone()),
+        (
+            Action::Retry {
+                after: Duration::from_millis(1),
+            },
+            String::new(),
+        ),
+    ] {
+        let recorder = Recorder {
+            fail_on: Some(Box::leak(fail_on.into_boxed_str())),
+            ..Recorder::default()
+        };
+        let failure = JobFailure::transient(ErrorCode::StorageUnavailable, "503");
+        let answer = match action {
+            Action::Retry { .. } => Answer::Nothing(failure.to_string()),
+            _ => Answer::Result(result(JobStatus::Failed)),
+        };
+        settle(&recorder, action, answer, false, &[])
+            .await
+            .expect_err("publish failed");
+        assert!(
+            !recorder
+                .events()
+                .iter()
+                .any(|e| matches!(e, Event::Ack | Event::Reject { .. })),
+            "{action:?}: {:?}",
+            recorder.events()
+        );
+        // What the runner does next, through the same function.
+        settle(
+            &recorder,
+            Action::Release,
+            Answer::Nothing(String::new()),
+            false,
+            &[],
+        )
+        .await
+        .expect("released");
+        assert_eq!(
+            recorder.events().last(),
+            Some(&Event::Reject { requeue: true })
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_reply_to_publish_does_not_stop_the_settlement() {
+    let recorder = Recorder {
+        fail_on: Some(""),
+        ..Recorder::default()
+    };
+    settle(
+        &recorder,
+        Action::Ack,
+        Answer::Result(result(JobStatus::Succeeded)),
+        true,
+        &[],
+    )
+    .await
+    .expect("settled");
+    assert_eq!(recorder.events().last(), Some(&Event::Ack));
+}
+
+#[tokio::test]
+async fn results_of_an_unsafe_chain_carry_the_header() {
+    let recorder = Recorder::default();
+    let missing = vec!["safety-checker".to_owned(), "watermark".to_owned()];
+    settle(
+        &recorder,
+        Action::Ack,
+        Answer::Result(result(JobStatus::Succeeded)),
+        false,
+        &missing,
+    )
+    .await
+    .expect("settled");
+    let Event::Publish { headers, .. } = &recorder.events()[0] else {
+        panic!("publish first");
+    };
+    let headers = headers.as_ref().expect("headers");
+    assert_eq!(
+        headers
+            .inner()
+            .iter()
+            .find(|(k, _)| k.as_str() == UNSAFE_CHAIN_HEADER)
+            .map(|(_, v)| v),
+        Some(&AMQPValue::LongString("safety-checker,watermark".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_final_action_without_a_result_is_an_error_not_a_silent_ack() {
+    for action in [Action::Ack, Action::DeadLetter] {
+        let recorder = Recorder::default();
+        settle(&recorder, action, Answer::Nothing("?".into()), false, &[])
+            .await
+            .expect_err("no result");
+        assert!(recorder.events().is_empty());
+    }
+}
