@@ -1,5 +1,8 @@
-//! Loading a diffusers-format model folder (model_index.json, unet/, vae/, text_encoder/,
-//! tokenizer/, scheduler/): which files to read, in which variant, onto which device.
+//! Loading a model: [`load_pipeline`] is the engine's one entry point (worker `engine.model`,
+//! `inpaint --model`). It takes a diffusers-format model folder (model_index.json, unet/, vae/,
+//! text_encoder/, tokenizer/, scheduler/) or a single-file `.safetensors` checkpoint (see
+//! [`crate::single_file::load_pipeline_auto`] for where its configs and tokenizer come from).
+//! This module owns which files to read, in which variant, onto which device.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +13,10 @@ use crate::config::{ClipTextConfig, UNetConfig, VaeConfig, read_json};
 use crate::models::clip::ClipTextModel;
 use crate::models::unet_2d::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
+use crate::pipeline::InpaintPipeline;
+use crate::schedulers::SchedulerConfig;
+use crate::single_file;
+use crate::tokenizer::{ClipTokenizer, TokenizerFlavor};
 use crate::weights::WeightStore;
 
 /// Where and how to load a model folder.
@@ -102,4 +109,67 @@ pub fn load_text_encoder(
     let model = ClipTextModel::load(&store.root(), &config)?;
     store.finish(ClipTextModel::IGNORABLE)?;
     Ok(model)
+}
+
+/// Loads a model from `path`: a diffusers folder, or a single-file checkpoint (a path ending in
+/// `.safetensors`; `.ckpt`/`.pt`/`.pth`/`.bin` are refused with the conversion command).
+pub fn load_pipeline(path: &Path, options: &LoadOptions) -> Result<InpaintPipeline, EngineError> {
+    if single_file::is_checkpoint_path(path) {
+        return single_file::load_pipeline_auto(path, options);
+    }
+    load_folder_pipeline(path, options)
+}
+
+/// Loads a diffusers folder: text encoder, tokenizer, UNet, VAE (always f32, diffusers'
+/// `force_upcast` for SD-1.5's VAE) and scheduler config.
+pub fn load_folder_pipeline(
+    folder: &Path,
+    options: &LoadOptions,
+) -> Result<InpaintPipeline, EngineError> {
+    if !folder.join("model_index.json").is_file() {
+        let hint = if folder.is_file() {
+            " (a single-file checkpoint must end in .safetensors)"
+        } else {
+            ""
+        };
+        return Err(EngineError::Model(format!(
+            "{}: not a diffusers model folder (no model_index.json){hint}",
+            folder.display()
+        )));
+    }
+    let text_encoder = load_text_encoder(folder, options)?;
+    let tokenizer = load_tokenizer(
+        &folder.join("tokenizer"),
+        text_encoder.config().max_position_embeddings,
+    )?;
+    let unet = load_unet(folder, options)?;
+    let vae = load_vae(
+        folder,
+        &LoadOptions {
+            kind: Kind::Float,
+            ..options.clone()
+        },
+    )?;
+    let scheduler_config: SchedulerConfig =
+        read_json(&folder.join("scheduler/scheduler_config.json"))?;
+    InpaintPipeline::from_parts(
+        folder.to_path_buf(),
+        tokenizer,
+        text_encoder,
+        unet,
+        vae,
+        scheduler_config,
+        options,
+    )
+}
+
+/// Loads a tokenizer folder in any layout transformers writes; a folder without
+/// `model_max_length` (a lone `tokenizer.json`) pads to the text encoder's `max_positions`.
+pub fn load_tokenizer(dir: &Path, max_positions: i64) -> Result<ClipTokenizer, EngineError> {
+    ClipTokenizer::from_folder_with(
+        dir,
+        TokenizerFlavor::default(),
+        usize::try_from(max_positions).ok(),
+    )
+    .map_err(|e| EngineError::Model(e.to_string()))
 }

@@ -10,8 +10,12 @@
 //! from a **config folder** exactly as diffusers' `from_single_file(..., config=folder)` does:
 //! `unet/config.json`, `vae/config.json`, `text_encoder/config.json`, `tokenizer/` and
 //! `scheduler/scheduler_config.json`. Any diffusers SD-1.5-inpainting folder serves (its weight
-//! files are not read), as does the tiny test fixture for the tiny test checkpoint. The worker
-//! takes it as `--model-config DIR`.
+//! files are not read), as does the tiny test fixture for the tiny test checkpoint. Through the
+//! engine's entry point ([`crate::model_folder::load_pipeline`], the worker's `engine.model` and
+//! `inpaint --model`) the config folder is the diffusers folder beside the file named like it
+//! (`X.safetensors` or `X.ckpt.safetensors` → `X/`); without one, SD-1.5-inpainting's configs
+//! are built in ([`builtin_sd15_inpainting`]) and only the tokenizer folder is needed, as
+//! `tokenizer/` beside the file (CLIP's 1.5 MB vocabulary is not built in).
 //!
 //! # Names
 //!
@@ -77,7 +81,6 @@ use crate::models::unet_2d::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
 use crate::pipeline::InpaintPipeline;
 use crate::schedulers::SchedulerConfig;
-use crate::tokenizer::ClipTokenizer;
 use crate::weights::WeightStore;
 
 /// Prefix of the UNet's keys in the checkpoint.
@@ -644,11 +647,134 @@ pub fn load_pipeline(
     options: &LoadOptions,
 ) -> Result<InpaintPipeline, EngineError> {
     let configs = ModelConfigs::read(config_folder)?;
-    let tokenizer = ClipTokenizer::from_folder(config_folder.join("tokenizer"))
-        .map_err(|e| EngineError::Model(e.to_string()))?;
+    let tokenizer = crate::model_folder::load_tokenizer(
+        &config_folder.join("tokenizer"),
+        configs.text_encoder.max_position_embeddings,
+    )?;
     let tensors = read_checkpoint(checkpoint)?;
     let converted = convert(tensors, &configs.unet, &configs.vae)?;
     let models = load_models(checkpoint, converted, &configs, options)?;
+    InpaintPipeline::from_parts(
+        checkpoint.to_path_buf(),
+        tokenizer,
+        models.text_encoder,
+        models.unet,
+        models.vae,
+        configs.scheduler,
+        options,
+    )
+}
+
+/// SD-1.5-inpainting's diffusers configs (`runwayml/stable-diffusion-inpainting`: unet, vae,
+/// text_encoder, scheduler), used for a single file that has no config folder beside it.
+pub mod builtin_sd15_inpainting {
+    /// `unet/config.json`.
+    pub const UNET: &str = r#"{"in_channels":9,"out_channels":4,"block_out_channels":[320,640,1280,1280],
+        "down_block_types":["CrossAttnDownBlock2D","CrossAttnDownBlock2D","CrossAttnDownBlock2D","DownBlock2D"],
+        "up_block_types":["UpBlock2D","CrossAttnUpBlock2D","CrossAttnUpBlock2D","CrossAttnUpBlock2D"],
+        "layers_per_block":2,"attention_head_dim":8,"cross_attention_dim":768,"norm_num_groups":32,
+        "norm_eps":1e-05,"flip_sin_to_cos":true,"freq_shift":0,"sample_size":64,"downsample_padding":1,
+        "act_fn":"silu","center_input_sample":false,"mid_block_scale_factor":1}"#;
+    /// `vae/config.json`.
+    pub const VAE: &str = r#"{"in_channels":3,"out_channels":3,"latent_channels":4,
+        "block_out_channels":[128,256,512,512],"layers_per_block":2,"norm_num_groups":32,
+        "act_fn":"silu","sample_size":512,"scaling_factor":0.18215}"#;
+    /// `text_encoder/config.json` (CLIP ViT-L/14's text tower).
+    pub const TEXT_ENCODER: &str = r#"{"vocab_size":49408,"hidden_size":768,"intermediate_size":3072,
+        "num_hidden_layers":12,"num_attention_heads":12,"max_position_embeddings":77,
+        "hidden_act":"quick_gelu","layer_norm_eps":1e-05}"#;
+    /// `scheduler/scheduler_config.json`.
+    pub const SCHEDULER: &str = r#"{"_class_name":"PNDMScheduler","beta_end":0.012,
+        "beta_schedule":"scaled_linear","beta_start":0.00085,"clip_sample":false,
+        "num_train_timesteps":1000,"set_alpha_to_one":false,"skip_prk_steps":true,
+        "steps_offset":1,"trained_betas":null}"#;
+}
+
+impl ModelConfigs {
+    /// The built-in SD-1.5-inpainting configs ([`builtin_sd15_inpainting`]).
+    pub fn sd15_inpainting() -> Result<Self, EngineError> {
+        use builtin_sd15_inpainting as b;
+        let parse = |what: &str, e: serde_json::Error| {
+            EngineError::Model(format!("built-in SD-1.5-inpainting {what} config: {e}"))
+        };
+        Ok(Self {
+            unet: serde_json::from_str(b::UNET).map_err(|e| parse("unet", e))?,
+            vae: serde_json::from_str(b::VAE).map_err(|e| parse("vae", e))?,
+            text_encoder: serde_json::from_str(b::TEXT_ENCODER)
+                .map_err(|e| parse("text_encoder", e))?,
+            scheduler: serde_json::from_str(b::SCHEDULER).map_err(|e| parse("scheduler", e))?,
+        })
+    }
+}
+
+/// Whether `path` names a single-file checkpoint (by its extension) rather than a folder.
+pub fn is_checkpoint_path(path: &Path) -> bool {
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    !path.is_dir()
+        && matches!(
+            extension.as_deref(),
+            Some("safetensors" | "ckpt" | "pt" | "pth" | "bin")
+        )
+}
+
+/// The diffusers folder beside a checkpoint that holds its configs: the file's name without its
+/// extensions (`X.safetensors`, `X.ckpt.safetensors` → `X/`), when it has `model_index.json`.
+pub fn sidecar_config_folder(checkpoint: &Path) -> Option<PathBuf> {
+    let name = checkpoint.file_name()?.to_str()?;
+    let stem = name.split('.').next().filter(|s| !s.is_empty())?;
+    let folder = checkpoint.with_file_name(stem);
+    folder.join("model_index.json").is_file().then_some(folder)
+}
+
+/// Loads a single-file checkpoint with no config folder given: the configs and tokenizer of the
+/// diffusers folder beside it ([`sidecar_config_folder`]) when there is one; otherwise the
+/// built-in SD-1.5-inpainting configs and the tokenizer folder `tokenizer/` beside the file (a
+/// checkpoint carries no tokenizer, and CLIP's vocabulary is not built in).
+pub fn load_pipeline_auto(
+    checkpoint: &Path,
+    options: &LoadOptions,
+) -> Result<InpaintPipeline, EngineError> {
+    // Refuses pickles (naming ops/convert-ckpt.py) and missing files before anything else.
+    let tensors = read_checkpoint(checkpoint)?;
+    let (configs, tokenizer_dir, described) = match sidecar_config_folder(checkpoint) {
+        Some(folder) => (
+            ModelConfigs::read(&folder)?,
+            folder.join("tokenizer"),
+            format!("configs of {}", folder.display()),
+        ),
+        None => (
+            ModelConfigs::sd15_inpainting()?,
+            checkpoint.with_file_name("tokenizer"),
+            "built-in SD-1.5-inpainting configs".to_owned(),
+        ),
+    };
+    if !tokenizer_dir.is_dir() {
+        return Err(EngineError::Model(format!(
+            "{}: a single-file checkpoint has no tokenizer: put the CLIP tokenizer folder (the \
+             tokenizer/ of a diffusers SD-1.5 folder) at {}, or the whole diffusers folder at {}",
+            checkpoint.display(),
+            tokenizer_dir.display(),
+            checkpoint
+                .with_file_name(
+                    checkpoint
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.split('.').next())
+                        .unwrap_or("MODEL")
+                )
+                .display()
+        )));
+    }
+    let tokenizer = crate::model_folder::load_tokenizer(
+        &tokenizer_dir,
+        configs.text_encoder.max_position_embeddings,
+    )?;
+    let converted = convert(tensors, &configs.unet, &configs.vae)?;
+    let models = load_models(checkpoint, converted, &configs, options)
+        .map_err(|e| EngineError::Model(format!("{e} (with the {described})")))?;
     InpaintPipeline::from_parts(
         checkpoint.to_path_buf(),
         tokenizer,

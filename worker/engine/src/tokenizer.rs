@@ -250,22 +250,141 @@ fn split_on_tokens<'a, 't>(
     out
 }
 
-/// The contents of a tokenizer folder, before parsing.
+/// The contents of a tokenizer folder, before parsing. Every file is optional here; which ones
+/// a working tokenizer needs is decided in [`ClipTokenizer::from_files`].
 struct FolderFiles<'a> {
     dir: &'a Path,
-    vocab: &'a str,
-    merges: &'a str,
-    config: &'a str,
-    special_tokens_map: &'a str,
-    /// `tokenizer.json`, when the folder has one (transformers 5 reads added-token flags there).
+    vocab: Option<&'a str>,
+    merges: Option<&'a str>,
+    config: Option<&'a str>,
+    special_tokens_map: Option<&'a str>,
+    /// `tokenizer.json` (the `tokenizers` library's file): the BPE model, added tokens and their
+    /// flags. transformers 5 writes only this and `tokenizer_config.json`.
     tokenizer_json: Option<&'a str>,
 }
 
+/// Reads `dir/name` when it exists.
+fn read_optional(dir: &Path, name: &str) -> Result<Option<String>, TokenizerError> {
+    let path = dir.join(name);
+    if path.is_file() {
+        read_text(&path).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The BPE model of a `tokenizer.json`: vocabulary and merges, checked to be CLIP's kind (BPE
+/// with the `</w>` end-of-word suffix, CLIP's normaliser and pre-tokeniser), since the
+/// tokenisation steps around the BPE are CLIP's and not read from the file.
+fn bpe_from_tokenizer_json(
+    path: &Path,
+    json: &Value,
+) -> Result<(HashMap<String, i64>, Vec<String>), TokenizerError> {
+    let invalid = |message: String| TokenizerError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let model = json
+        .get("model")
+        .ok_or_else(|| invalid("no \"model\"".into()))?;
+    if model.get("type").and_then(Value::as_str) != Some("BPE") {
+        return Err(invalid(format!(
+            "model type {} is not BPE (a CLIP tokenizer is byte-level BPE)",
+            model.get("type").unwrap_or(&Value::Null)
+        )));
+    }
+    let suffix = model.get("end_of_word_suffix").and_then(Value::as_str);
+    if suffix != Some(END_OF_WORD) {
+        return Err(invalid(format!(
+            "model end_of_word_suffix {suffix:?} is not CLIP's {END_OF_WORD:?}"
+        )));
+    }
+    if let Some(prefix) = model
+        .get("continuing_subword_prefix")
+        .and_then(Value::as_str)
+        && !prefix.is_empty()
+    {
+        return Err(invalid(format!(
+            "model continuing_subword_prefix {prefix:?} is not supported (CLIP has none)"
+        )));
+    }
+    let vocab: HashMap<String, i64> = model
+        .get("vocab")
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| invalid(format!("model vocab: {e}")))?
+        .ok_or_else(|| invalid("model has no vocab".into()))?;
+    let mut merges = Vec::new();
+    for entry in model
+        .get("merges")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid("model has no merges list".into()))?
+    {
+        // `"a b"` (tokenizers < 0.20) or `["a", "b"]` (newer).
+        let line = match entry {
+            Value::String(s) => s.clone(),
+            Value::Array(pair) => match (pair.first(), pair.get(1), pair.len()) {
+                (Some(Value::String(a)), Some(Value::String(b)), 2) => format!("{a} {b}"),
+                _ => return Err(invalid(format!("merge {entry} is not a pair of strings"))),
+            },
+            _ => return Err(invalid(format!("merge {entry} is not a pair of strings"))),
+        };
+        merges.push(line);
+    }
+    check_clip_pipeline(json).map_err(invalid)?;
+    Ok((vocab, merges))
+}
+
+/// The normaliser and pre-tokeniser of a `tokenizer.json` must be CLIP's (NFC, `\s+` to a space,
+/// lower-case; the CLIP split pattern then byte-level), the steps this module implements.
+fn check_clip_pipeline(json: &Value) -> Result<(), String> {
+    let types = |list: Option<&Value>| -> Vec<String> {
+        list.and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|i| {
+                        i.get("type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                            .to_owned()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let normalizer = json.get("normalizer").unwrap_or(&Value::Null);
+    let steps = types(normalizer.get("normalizers"));
+    if steps != ["NFC", "Replace", "Lowercase"] {
+        return Err(format!(
+            "normalizer {normalizer} is not CLIP's (NFC, Replace \\s+ by a space, Lowercase)"
+        ));
+    }
+    let pre = json.get("pre_tokenizer").unwrap_or(&Value::Null);
+    let pre_steps = types(pre.get("pretokenizers"));
+    let pattern = pre
+        .get("pretokenizers")
+        .and_then(|p| p.get(0))
+        .and_then(|split| split.get("pattern"))
+        .and_then(|p| p.get("Regex"))
+        .and_then(Value::as_str);
+    // tokenizers < 0.20 wrote the pattern without the two special-token alternatives; the
+    // byte-level split that follows cuts such a piece into `<|`, the word and `|>` either way.
+    let legacy = CLIP_PATTERN.strip_prefix(r"<\|startoftext\|>|<\|endoftext\|>|");
+    if pre_steps != ["Split", "ByteLevel"] || (pattern != Some(CLIP_PATTERN) && pattern != legacy) {
+        return Err(format!(
+            "pre_tokenizer {pre} is not CLIP's (Split on the CLIP pattern, then ByteLevel)"
+        ));
+    }
+    Ok(())
+}
+
 impl ClipTokenizer {
-    /// Loads `vocab.json`, `merges.txt`, `tokenizer_config.json` and `special_tokens_map.json`
-    /// from `dir`, reproducing [`TokenizerFlavor::default`] (transformers >= 5).
+    /// Loads a CLIP tokenizer folder in any layout transformers writes, reproducing
+    /// [`TokenizerFlavor::default`] (transformers >= 5); see [`ClipTokenizer::from_folder_with`].
     pub fn from_folder(dir: impl AsRef<Path>) -> Result<Self, TokenizerError> {
-        Self::from_folder_with_flavor(dir, TokenizerFlavor::default())
+        Self::from_folder_with(dir, TokenizerFlavor::default(), None)
     }
 
     /// Like [`ClipTokenizer::from_folder`], reproducing the given reference behaviour.
@@ -273,50 +392,118 @@ impl ClipTokenizer {
         dir: impl AsRef<Path>,
         flavor: TokenizerFlavor,
     ) -> Result<Self, TokenizerError> {
+        Self::from_folder_with(dir, flavor, None)
+    }
+
+    /// Loads a tokenizer folder in any of transformers' layouts:
+    ///
+    /// - the BPE model from `tokenizer.json` (transformers 5, `CLIPTokenizerFast`) or from
+    ///   `vocab.json` + `merges.txt` (the slow tokenizer's files). With both, the
+    ///   [`TokenizerFlavor::Transformers5`] flavour reads `tokenizer.json` (as `tokenizers` does)
+    ///   and the slow flavour the two text files;
+    /// - special tokens and `model_max_length` from `tokenizer_config.json` (plain strings, or
+    ///   `AddedToken` objects, with or without `added_tokens_decoder`), then
+    ///   `special_tokens_map.json`, then `tokenizer.json`'s `added_tokens`, then CLIP's defaults;
+    ///   every one of these files may be missing.
+    ///
+    /// A folder without a `model_max_length` (a `tokenizer.json` alone) pads to
+    /// `fallback_max_length` (the pipeline passes the text encoder's positions), and is refused
+    /// without one.
+    pub fn from_folder_with(
+        dir: impl AsRef<Path>,
+        flavor: TokenizerFlavor,
+        fallback_max_length: Option<usize>,
+    ) -> Result<Self, TokenizerError> {
         let dir = dir.as_ref();
-        let vocab = read_text(&dir.join("vocab.json"))?;
-        let merges = read_text(&dir.join("merges.txt"))?;
-        let config = read_text(&dir.join("tokenizer_config.json"))?;
-        let special_tokens_map = read_text(&dir.join("special_tokens_map.json"))?;
-        let tokenizer_json_path = dir.join("tokenizer.json");
-        let tokenizer_json = if tokenizer_json_path.is_file() {
-            Some(read_text(&tokenizer_json_path)?)
-        } else {
-            None
-        };
+        let vocab = read_optional(dir, "vocab.json")?;
+        let merges = read_optional(dir, "merges.txt")?;
+        let config = read_optional(dir, "tokenizer_config.json")?;
+        let special_tokens_map = read_optional(dir, "special_tokens_map.json")?;
+        let tokenizer_json = read_optional(dir, "tokenizer.json")?;
+        if tokenizer_json.is_none() && (vocab.is_none() || merges.is_none()) {
+            let missing = if vocab.is_none() {
+                "vocab.json"
+            } else {
+                "merges.txt"
+            };
+            return Err(TokenizerError::Read {
+                path: dir.join(missing),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "a CLIP tokenizer folder needs tokenizer.json, or vocab.json and merges.txt",
+                ),
+            });
+        }
         Self::from_files(
             &FolderFiles {
                 dir,
-                vocab: &vocab,
-                merges: &merges,
-                config: &config,
-                special_tokens_map: &special_tokens_map,
+                vocab: vocab.as_deref(),
+                merges: merges.as_deref(),
+                config: config.as_deref(),
+                special_tokens_map: special_tokens_map.as_deref(),
                 tokenizer_json: tokenizer_json.as_deref(),
             },
             flavor,
+            fallback_max_length,
         )
     }
 
     fn from_files(
         files: &FolderFiles<'_>,
         flavor: TokenizerFlavor,
+        fallback_max_length: Option<usize>,
     ) -> Result<Self, TokenizerError> {
-        let vocab_path = files.dir.join("vocab.json");
         let config_path = files.dir.join("tokenizer_config.json");
         let map_path = files.dir.join("special_tokens_map.json");
+        let json_path = files.dir.join("tokenizer.json");
 
-        let vocab: HashMap<String, i64> = parse_json(&vocab_path, files.vocab)?;
-        let config: serde_json::Map<String, Value> = parse_json(&config_path, files.config)?;
-        let special_map: serde_json::Map<String, Value> =
-            parse_json(&map_path, files.special_tokens_map)?;
+        let config: serde_json::Map<String, Value> = match files.config {
+            Some(text) => parse_json(&config_path, text)?,
+            None => serde_json::Map::new(),
+        };
+        let special_map: serde_json::Map<String, Value> = match files.special_tokens_map {
+            Some(text) => parse_json(&map_path, text)?,
+            None => serde_json::Map::new(),
+        };
+        let tokenizer_json: Option<Value> = files
+            .tokenizer_json
+            .map(|text| parse_json(&json_path, text))
+            .transpose()?;
 
-        let ranks = parse_merges(files.merges, flavor);
+        let use_text_files = match (files.vocab, files.merges, &tokenizer_json) {
+            (Some(_), Some(_), None) => true,
+            (Some(_), Some(_), Some(_)) => flavor == TokenizerFlavor::SlowTransformers4,
+            (_, _, Some(_)) => false,
+            _ => {
+                return Err(TokenizerError::Invalid {
+                    path: files.dir.to_path_buf(),
+                    message: "needs tokenizer.json, or vocab.json and merges.txt".into(),
+                });
+            }
+        };
+        let (vocab_path, vocab, ranks) = match (use_text_files, &tokenizer_json) {
+            (false, Some(json)) => {
+                let (vocab, merges) = bpe_from_tokenizer_json(&json_path, json)?;
+                let ranks = parse_merges(&merges.join("\n"), TokenizerFlavor::Transformers5);
+                (json_path.clone(), vocab, ranks)
+            }
+            _ => {
+                let vocab_path = files.dir.join("vocab.json");
+                let vocab: HashMap<String, i64> =
+                    parse_json(&vocab_path, files.vocab.unwrap_or_default())?;
+                let ranks = parse_merges(files.merges.unwrap_or_default(), flavor);
+                (vocab_path, vocab, ranks)
+            }
+        };
 
-        let model_max_length = match config.get("model_max_length").and_then(Value::as_u64) {
-            Some(n) if n >= 2 => usize::try_from(n).map_err(|_| TokenizerError::Invalid {
-                path: config_path.clone(),
-                message: format!("model_max_length {n} does not fit in usize"),
-            })?,
+        // transformers writes 1e30 (VERY_LARGE_INTEGER) for "no limit"; that counts as missing.
+        let configured = config
+            .get("model_max_length")
+            .and_then(Value::as_u64)
+            .filter(|&n| n < 1 << 32)
+            .and_then(|n| usize::try_from(n).ok());
+        let model_max_length = match configured.or(fallback_max_length) {
+            Some(n) if n >= 2 => n,
             _ => {
                 return Err(TokenizerError::Invalid {
                     path: config_path,
@@ -416,28 +603,29 @@ impl ClipTokenizer {
         }
 
         // With a tokenizer.json, transformers 5 takes the added tokens and their flags from it.
-        if let Some(text) = files.tokenizer_json {
-            let json: Value = parse_json(&files.dir.join("tokenizer.json"), text)?;
-            if let Some(list) = json.get("added_tokens").and_then(Value::as_array) {
-                for entry in list {
-                    let (Some(content), Some(id)) = (
-                        token_content(entry),
-                        entry.get("id").and_then(Value::as_i64),
-                    ) else {
-                        continue;
-                    };
-                    let normalized = entry
-                        .get("normalized")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false);
-                    match added.iter_mut().find(|t| t.content == content) {
-                        Some(token) => token.normalized = normalized,
-                        None => added.push(AddedToken {
-                            content,
-                            id,
-                            normalized,
-                        }),
-                    }
+        if let Some(list) = tokenizer_json
+            .as_ref()
+            .and_then(|json| json.get("added_tokens"))
+            .and_then(Value::as_array)
+        {
+            for entry in list {
+                let (Some(content), Some(id)) = (
+                    token_content(entry),
+                    entry.get("id").and_then(Value::as_i64),
+                ) else {
+                    continue;
+                };
+                let normalized = entry
+                    .get("normalized")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                match added.iter_mut().find(|t| t.content == content) {
+                    Some(token) => token.normalized = normalized,
+                    None => added.push(AddedToken {
+                        content,
+                        id,
+                        normalized,
+                    }),
                 }
             }
         }
@@ -742,13 +930,14 @@ mod tests {
         ClipTokenizer::from_files(
             &FolderFiles {
                 dir: Path::new("tiny"),
-                vocab: &vocab_json,
-                merges,
-                config,
-                special_tokens_map: map,
+                vocab: Some(&vocab_json),
+                merges: Some(merges),
+                config: Some(config),
+                special_tokens_map: Some(map),
                 tokenizer_json: None,
             },
             flavor,
+            None,
         )
         .unwrap()
     }
