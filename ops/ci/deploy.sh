@@ -55,12 +55,16 @@ ops/dev/services.sh install >&2           # the garage binary the Garage image i
 step "docker, libtorch, garage, python tools"
 
 # 2. The release binary, copied outside the checkout -------------------------------------------------
-target=${CARGO_TARGET_DIR:-$root/target}
-RUSTFLAGS='-C link-arg=-Wl,-rpath,$ORIGIN/../lib' cargo build --locked --release -p inpaint-worker >&2
+# INPAINT_WORKER_BIN: a release binary built (with this rpath) beforehand; otherwise built here.
+bin=${INPAINT_WORKER_BIN:-}
+if [ -z "$bin" ]; then
+  RUSTFLAGS='-C link-arg=-Wl,-rpath,$ORIGIN/../lib' cargo build --locked --release -p inpaint-worker >&2
+  bin=${CARGO_TARGET_DIR:-$root/target}/release/inpaint-worker
+fi
 step "cargo build --release (rpath \$ORIGIN/../lib)"
 copy=$work/copied
 mkdir -p "$copy/bin"
-cp "$target/release/inpaint-worker" "$copy/bin/"
+cp "$bin" "$copy/bin/"
 # The documented layout: bin/inpaint-worker and lib/ with libtorch (here the wheel's torch/lib).
 ln -s "$(readlink -f .libtorch)/lib" "$copy/lib"
 (
@@ -79,7 +83,7 @@ log "copied binary: inpaint on embedded-tiny ok in $copy, run without engine.mod
 step "copied release binary outside the checkout"
 
 # 3. Images ----------------------------------------------------------------------------------------
-INPAINT_WORKER_BIN="$target/release/inpaint-worker" ops/container/build.sh
+INPAINT_WORKER_BIN="$bin" ops/container/build.sh
 ops/compose/build-images.sh
 step "images (worker, rabbitmq, garage, producers)"
 image=inpaint-worker:latest
