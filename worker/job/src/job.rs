@@ -154,8 +154,9 @@ pub struct InpaintParams {
     #[schemars(range(min = 1, max = MAX_NUM_IMAGES))]
     pub num_images: u32,
 
-    /// Output width in pixels: a multiple of 8, 64 to 2048. Absent: the input image's width
-    /// rounded down to a multiple of 8 (512 in text-only mode), capped by the worker's maximum.
+    /// Output width in pixels: a multiple of 8, 64 to 2048. Absent: the input image's own width
+    /// (the model runs at it rounded down to a multiple of 8 and the result is resized back;
+    /// inputs above the worker's maximum side go through crop-to-mask), 512 in text-only mode.
     /// With `crop_to_mask` it is the size the crop is scaled to for the model.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = MIN_SIDE, max = MAX_SIDE), extend("multipleOf" = SIDE_MULTIPLE))]

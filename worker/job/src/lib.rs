@@ -22,6 +22,9 @@ pub mod parse;
 pub mod result;
 pub mod schema;
 
+#[cfg(test)]
+mod contract_tests;
+
 pub use admission::{ChainLimits, MANIFEST_NAME};
 pub use error::JobError;
 pub use id::{JobId, JobIdError};

@@ -151,6 +151,11 @@ fn classify(error: JobError, value: &Value) -> JobError {
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() || integral(n) => {
             JobError::invalid(path, format!("{n} is out of range: {message}"))
         }
+        // Inside an internally tagged enum (`output.format`) the path stops at the enum: read
+        // serde's message instead ("invalid value: integer `-1`", or an integral float).
+        Some(Value::Object(_)) if integer_out_of_range(&message) => {
+            JobError::invalid(path, format!("out of range: {message}"))
+        }
         Some(Value::String(text))
             if (path == "image" || path == "mask") && text.starts_with("s3://") =>
         {
@@ -158,6 +163,18 @@ fn classify(error: JobError, value: &Value) -> JobError {
         }
         _ => JobError::SchemaViolation { path, message },
     }
+}
+
+/// Whether serde's message is about an integer its type cannot hold.
+fn integer_out_of_range(message: &str) -> bool {
+    if message.starts_with("invalid value: integer") {
+        return true;
+    }
+    message
+        .strip_prefix("invalid type: floating point `")
+        .and_then(|rest| rest.split('`').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .is_some_and(|f| f.is_finite() && f.fract() == 0.0)
 }
 
 fn integral(n: &serde_json::Number) -> bool {
