@@ -13,9 +13,8 @@ use image::{GrayImage, RgbImage};
 use tch::{Device, Kind, Tensor};
 
 use crate::EngineError;
-use crate::config::read_json;
 use crate::image_tensor::{rgb_to_tensor, tensor_to_rgb};
-use crate::model_folder::{LoadOptions, load_text_encoder, load_unet, load_vae};
+use crate::model_folder::LoadOptions;
 use crate::models::clip::ClipTextModel;
 use crate::models::unet_2d::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
@@ -91,10 +90,6 @@ pub struct InpaintPipeline {
     kind: Kind,
 }
 
-fn model_error(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Model(e.to_string())
-}
-
 /// PIL's `convert("L")` for RGB: `(R*19595 + G*38470 + B*7471 + 0x8000) >> 16`.
 pub fn pil_luma(image: &RgbImage) -> GrayImage {
     GrayImage::from_fn(image.width(), image.height(), |x, y| {
@@ -105,37 +100,11 @@ pub fn pil_luma(image: &RgbImage) -> GrayImage {
 }
 
 impl InpaintPipeline {
-    /// Loads a diffusers-format folder: text encoder, tokenizer, UNet, VAE and scheduler config.
-    /// The VAE always runs in f32 (diffusers' `force_upcast` for SD-1.5's VAE).
-    pub fn load(folder: &Path, options: &LoadOptions) -> Result<Self, EngineError> {
-        if !folder.join("model_index.json").is_file() {
-            return Err(EngineError::Model(format!(
-                "{}: not a diffusers model folder (no model_index.json)",
-                folder.display()
-            )));
-        }
-        let tokenizer =
-            ClipTokenizer::from_folder(folder.join("tokenizer")).map_err(model_error)?;
-        let text_encoder = load_text_encoder(folder, options)?;
-        let unet = load_unet(folder, options)?;
-        let vae = load_vae(
-            folder,
-            &LoadOptions {
-                kind: Kind::Float,
-                ..options.clone()
-            },
-        )?;
-        let scheduler_config: SchedulerConfig =
-            read_json(&folder.join("scheduler/scheduler_config.json"))?;
-        Self::from_parts(
-            folder.to_path_buf(),
-            tokenizer,
-            text_encoder,
-            unet,
-            vae,
-            scheduler_config,
-            options,
-        )
+    /// Loads a model: a diffusers folder or a single-file `.safetensors` checkpoint. The same as
+    /// [`crate::model_folder::load_pipeline`], the engine's one loading entry point, which owns
+    /// the file handling.
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Self, EngineError> {
+        crate::model_folder::load_pipeline(path, options)
     }
 
     /// Assembles a pipeline from components loaded elsewhere (a single-file checkpoint: see

@@ -238,7 +238,11 @@ pub fn weights_sha256(folder: &Path) -> std::io::Result<String> {
         Ok(())
     }
     let mut files = Vec::new();
-    collect(folder, &mut files)?;
+    if folder.is_file() {
+        files.push(folder.to_path_buf()); // a single-file checkpoint
+    } else {
+        collect(folder, &mut files)?;
+    }
     files.sort();
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
