@@ -26,7 +26,20 @@
 //! [[category.rule]]
 //! id = "ssn"
 //! regex = '\b\d{3} \d{2} \d{4}\b'
+//!
+//! [[category.rule]]
+//! id = "image-of-minor"
+//! all_of = ["minor"]            # every one of these sets...
+//! any_of = ["photo", "drawing"] # ...and at least one of these (either list may be alone)
+//!
+//! # Words the fuzzy matcher (crate::lexicon) never corrects, joins or splits.
+//! [lexicon]
+//! known_words = ["baked"]
 //! ```
+//!
+//! A term ending in `*` is a prefix term (`ребен*`): it matches any word that starts with the
+//! stem. Terms in CJK scripts match as substrings. The `flag` action reports a match without
+//! changing anything.
 //!
 //! Normalised text is lower-case, with words separated by single spaces and punctuation gone
 //! (see [`crate::normalize`]); write terms naturally (they are normalised the same way) and

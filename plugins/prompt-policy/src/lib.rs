@@ -2,9 +2,10 @@
 //! OpenRAIL-M use-restriction enforcement (paragraph 5, Attachment A).
 //!
 //! Before inference the stage normalises the prompt (case, Unicode compatibility forms,
-//! diacritics, homoglyphs, spaced-out letters, leetspeak) and matches it against policy
-//! categories; each category blocks the job, rewrites the matched text or appends terms to the
-//! negative prompt. Lists are TOML files: the built-in ones ship in `ops/policy/` and are
+//! diacritics, homoglyphs, spaced-out letters, CamelCase, leetspeak), repairs split, joined and
+//! misspelled words against the lists' vocabulary, and matches it against policy categories
+//! whose rules name concepts (synonym groups with terms in ten languages); each category blocks
+//! the job, rewrites the matched text, appends terms to the negative prompt or flags it. Lists are TOML files: the built-in ones ship in `ops/policy/` and are
 //! embedded, operators extend or replace them through [`PromptPolicyConfig`].
 //!
 //! Lexical rules catch intent that is spelled out; they do not understand meaning. The output
