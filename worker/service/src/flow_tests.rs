@@ -3,11 +3,14 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::TimeZone;
-use inpaint_storage::{Storage, StorageConfig};
+use inpaint_storage::{PutRequest, Storage, StorageConfig};
+use sha2::{Digest, Sha256};
 
 use super::*;
-use crate::inference::PassThrough;
+use crate::images::{self, Provenance};
+use crate::inference::{PassThrough, hex};
 use crate::settings::{ChainConfig, ConcurrencyConfig};
 
 const BUCKET: &str = "bkt";
