@@ -175,6 +175,25 @@ fn obfuscations_are_caught() {
 }
 
 #[test]
+fn terms_of_other_languages_do_not_fold_onto_english_words() {
+    // Accent folding makes French `torturé*` the stem `torture`, which would block every
+    // "torture museum"; the French list spells its forms out instead. Same class: German
+    // `Göre` folds to `gore`.
+    let policy = defaults();
+    for prompt in [
+        "medieval torture museum exhibit",
+        "a torture device in a castle museum",
+        "Al Gore at a climate summit",
+    ] {
+        assert_eq!(blocked_category(&policy, prompt), None, "{prompt:?}");
+    }
+    assert_eq!(
+        blocked_category(&policy, "prisonnier torturé dans une cave").as_deref(),
+        Some("violence_gore")
+    );
+}
+
+#[test]
 fn ordinary_prompts_pass_without_any_match() {
     let policy = defaults();
     let corpus = include_str!("ordinary_prompts.txt");
