@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::EngineError;
 
@@ -56,6 +57,15 @@ fn default_one() -> i64 {
 fn default_act() -> String {
     "silu".into()
 }
+fn default_mid_block() -> Option<String> {
+    Some("UNetMidBlock2DCrossAttn".into())
+}
+fn default_per_block_one() -> PerBlock {
+    PerBlock::All(1)
+}
+fn default_three() -> i64 {
+    3
+}
 
 /// `unet/config.json` (UNet2DConditionModel).
 #[derive(Clone, Debug, Deserialize)]
@@ -65,7 +75,8 @@ pub struct UNetConfig {
     pub block_out_channels: Vec<i64>,
     pub down_block_types: Vec<String>,
     pub up_block_types: Vec<String>,
-    #[serde(default)]
+    /// Absent means diffusers' default `UNetMidBlock2DCrossAttn`; `null` means no mid block.
+    #[serde(default = "default_mid_block")]
     pub mid_block_type: Option<String>,
     pub layers_per_block: i64,
     /// Legacy naming: for SD-1.x configs this is the number of heads.
@@ -85,14 +96,17 @@ pub struct UNetConfig {
     pub sample_size: Option<i64>,
     #[serde(default)]
     pub use_linear_projection: bool,
-    #[serde(default = "default_one")]
-    pub transformer_layers_per_block: i64,
+    /// Transformer blocks per attention, for every block or per down block (up blocks use the
+    /// list reversed, the mid block its last entry).
+    #[serde(default = "default_per_block_one")]
+    pub transformer_layers_per_block: PerBlock,
     #[serde(default = "default_one")]
     pub downsample_padding: i64,
     #[serde(default = "default_act")]
     pub act_fn: String,
+    /// A bool or a per-block list of bools; only all-false is implemented.
     #[serde(default)]
-    pub only_cross_attention: bool,
+    pub only_cross_attention: Value,
     #[serde(default)]
     pub upcast_attention: bool,
     #[serde(default)]
@@ -107,6 +121,42 @@ pub struct UNetConfig {
     pub time_embedding_type: Option<String>,
     #[serde(default)]
     pub mid_block_scale_factor: Option<f64>,
+    // diffusers options this engine implements only at their defaults; each is refused by
+    // `UNetConfig::check` when set otherwise, naming it.
+    #[serde(default = "default_three")]
+    pub conv_in_kernel: i64,
+    #[serde(default = "default_three")]
+    pub conv_out_kernel: i64,
+    #[serde(default)]
+    pub time_cond_proj_dim: Option<i64>,
+    #[serde(default)]
+    pub encoder_hid_dim: Option<i64>,
+    #[serde(default)]
+    pub encoder_hid_dim_type: Option<String>,
+    #[serde(default)]
+    pub dual_cross_attention: bool,
+    #[serde(default)]
+    pub attention_type: Option<String>,
+    #[serde(default)]
+    pub cross_attention_norm: Option<String>,
+    #[serde(default)]
+    pub num_class_embeds: Option<i64>,
+    #[serde(default)]
+    pub timestep_post_act: Option<String>,
+    #[serde(default)]
+    pub time_embedding_dim: Option<i64>,
+    #[serde(default)]
+    pub time_embedding_act_fn: Option<String>,
+    #[serde(default)]
+    pub class_embeddings_concat: bool,
+    #[serde(default)]
+    pub resnet_skip_time_act: bool,
+    #[serde(default)]
+    pub resnet_out_scale_factor: Option<f64>,
+    #[serde(default)]
+    pub mid_block_only_cross_attention: Option<bool>,
+    #[serde(default)]
+    pub reverse_transformer_layers_per_block: Option<Value>,
 }
 
 impl UNetConfig {
@@ -117,6 +167,13 @@ impl UNetConfig {
             .as_ref()
             .unwrap_or(&self.attention_head_dim)
             .for_block(index, count)
+    }
+
+    /// Transformer blocks in each attention of down block `index` (and the up block at the
+    /// same depth; the mid block uses the last).
+    pub fn transformer_layers(&self, index: usize) -> Result<i64, EngineError> {
+        self.transformer_layers_per_block
+            .for_block(index, self.block_out_channels.len())
     }
 
     /// Refuses configurations this engine does not implement, naming the key.
@@ -150,8 +207,13 @@ impl UNetConfig {
         if self.act_fn != "silu" {
             return refuse("act_fn", &self.act_fn);
         }
-        if self.only_cross_attention {
-            return refuse("only_cross_attention", &true);
+        let only_cross = match &self.only_cross_attention {
+            Value::Null | Value::Bool(false) => false,
+            Value::Array(list) => list.iter().any(|v| v != &Value::Bool(false)),
+            _ => true,
+        };
+        if only_cross {
+            return refuse("only_cross_attention", &self.only_cross_attention);
         }
         if !matches!(
             self.resnet_time_scale_shift.as_deref(),
@@ -177,14 +239,125 @@ impl UNetConfig {
         if self.center_input_sample {
             return refuse("center_input_sample", &true);
         }
+        if self.mid_block_only_cross_attention == Some(true) {
+            return refuse("mid_block_only_cross_attention", &true);
+        }
+        if self.mid_block_type.is_none() {
+            return refuse("mid_block_type", &"null (no mid block)");
+        }
+        let defaults: [(&str, bool, &dyn std::fmt::Debug); 16] = [
+            (
+                "conv_in_kernel",
+                self.conv_in_kernel == 3,
+                &self.conv_in_kernel,
+            ),
+            (
+                "conv_out_kernel",
+                self.conv_out_kernel == 3,
+                &self.conv_out_kernel,
+            ),
+            (
+                "time_cond_proj_dim",
+                self.time_cond_proj_dim.is_none(),
+                &self.time_cond_proj_dim,
+            ),
+            (
+                "encoder_hid_dim",
+                self.encoder_hid_dim.is_none(),
+                &self.encoder_hid_dim,
+            ),
+            (
+                "encoder_hid_dim_type",
+                self.encoder_hid_dim_type.is_none(),
+                &self.encoder_hid_dim_type,
+            ),
+            (
+                "dual_cross_attention",
+                !self.dual_cross_attention,
+                &self.dual_cross_attention,
+            ),
+            (
+                "attention_type",
+                matches!(self.attention_type.as_deref(), None | Some("default")),
+                &self.attention_type,
+            ),
+            (
+                "cross_attention_norm",
+                self.cross_attention_norm.is_none(),
+                &self.cross_attention_norm,
+            ),
+            (
+                "num_class_embeds",
+                self.num_class_embeds.is_none(),
+                &self.num_class_embeds,
+            ),
+            (
+                "timestep_post_act",
+                self.timestep_post_act.is_none(),
+                &self.timestep_post_act,
+            ),
+            (
+                "time_embedding_dim",
+                self.time_embedding_dim.is_none(),
+                &self.time_embedding_dim,
+            ),
+            (
+                "time_embedding_act_fn",
+                self.time_embedding_act_fn.is_none(),
+                &self.time_embedding_act_fn,
+            ),
+            (
+                "class_embeddings_concat",
+                !self.class_embeddings_concat,
+                &self.class_embeddings_concat,
+            ),
+            (
+                "resnet_skip_time_act",
+                !self.resnet_skip_time_act,
+                &self.resnet_skip_time_act,
+            ),
+            (
+                "resnet_out_scale_factor",
+                self.resnet_out_scale_factor.is_none_or(|f| f == 1.0),
+                &self.resnet_out_scale_factor,
+            ),
+            (
+                "reverse_transformer_layers_per_block",
+                self.reverse_transformer_layers_per_block.is_none(),
+                &self.reverse_transformer_layers_per_block,
+            ),
+        ];
+        if let Some((key, _, value)) = defaults.iter().find(|(_, ok, _)| !ok) {
+            return refuse(key, value);
+        }
+        if let Some(heads) = &self.num_attention_heads {
+            // diffusers' UNet2DConditionModel raises on it too (the SD-1.x naming issue).
+            return refuse("num_attention_heads (diffusers refuses it as well)", heads);
+        }
+        // Heads only matter where there is attention: a cross-attention down block, the up block
+        // at the same depth, or the mid block (the last depth). Channels need not be a multiple
+        // of the heads: the attention then works on heads * (channels / heads) features.
+        let has_attention = |i: usize| {
+            self.down_block_types[i] == "CrossAttnDownBlock2D"
+                || self.up_block_types[n - 1 - i] == "CrossAttnUpBlock2D"
+                || i == n - 1
+        };
         for i in 0..n {
-            let heads = self.heads(i)?;
             let channels = self.block_out_channels[i];
-            if heads <= 0 || channels % heads != 0 || channels % self.norm_num_groups != 0 {
-                return refuse(
-                    "attention heads / norm groups for block channels",
-                    &(i, heads),
-                );
+            if channels <= 0 || channels % self.norm_num_groups != 0 {
+                return refuse("norm_num_groups for block channels", &(i, channels));
+            }
+            if has_attention(i) {
+                let heads = self.heads(i)?;
+                if heads <= 0 || heads > channels {
+                    return refuse("attention heads for block channels", &(i, channels, heads));
+                }
+                if self.transformer_layers(i)? < 1 {
+                    return refuse(
+                        "transformer_layers_per_block",
+                        &self.transformer_layers_per_block,
+                    );
+                }
             }
         }
         Ok(())

@@ -185,31 +185,38 @@ pub struct TransformerShape {
 
 impl Transformer2DModel {
     pub fn load(w: &Weights, s: TransformerShape) -> Self {
-        let projection = |name: &str| {
+        // diffusers: head size `channels // heads`, so the blocks work on `heads * head size`
+        // features, fewer than `channels` when the heads do not divide them.
+        let inner = s.heads * (s.channels / s.heads);
+        let projection = |name: &str, from: i64, to: i64| {
             if s.linear_projection {
-                Projection::Linear(Linear::load(&w.sub(name), s.channels, s.channels, true))
+                Projection::Linear(Linear::load(&w.sub(name), from, to, true))
             } else {
-                Projection::Conv(Conv2d::load(&w.sub(name), s.channels, s.channels, 1, 1, 0))
+                Projection::Conv(Conv2d::load(&w.sub(name), from, to, 1, 1, 0))
             }
         };
         Self {
             norm: GroupNorm::load(&w.sub("norm"), s.groups, s.channels, 1e-6),
-            proj_in: projection("proj_in"),
+            proj_in: projection("proj_in", s.channels, inner),
             blocks: (0..s.layers)
                 .map(|i| {
                     let bw = w.sub("transformer_blocks").sub(i);
-                    BasicTransformerBlock::load(&bw, s.channels, s.heads, s.context_dim)
+                    BasicTransformerBlock::load(&bw, inner, s.heads, s.context_dim)
                 })
                 .collect(),
-            proj_out: projection("proj_out"),
+            proj_out: projection("proj_out", inner, s.channels),
         }
     }
 
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
         let size = x.size();
-        let (b, c, h, w) = (size[0], size[1], size[2], size[3]);
+        let (b, h, w) = (size[0], size[2], size[3]);
         let normed = self.norm.forward(x);
-        let to_tokens = |t: Tensor| t.permute([0, 2, 3, 1]).reshape([b, h * w, c]);
+        // Feature counts are read from the tensors: `inner` between the projections.
+        let to_tokens = |t: Tensor| {
+            let features = t.size()[1];
+            t.permute([0, 2, 3, 1]).reshape([b, h * w, features])
+        };
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(conv.forward(&normed)),
             Projection::Linear(linear) => linear.forward(&to_tokens(normed)),
@@ -217,7 +224,12 @@ impl Transformer2DModel {
         for block in &self.blocks {
             tokens = block.forward(&tokens, context);
         }
-        let to_image = |t: Tensor| t.reshape([b, h, w, c]).permute([0, 3, 1, 2]).contiguous();
+        let to_image = |t: Tensor| {
+            let features = t.size()[2];
+            t.reshape([b, h, w, features])
+                .permute([0, 3, 1, 2])
+                .contiguous()
+        };
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_image(tokens)),
             Projection::Linear(linear) => to_image(linear.forward(&tokens)),

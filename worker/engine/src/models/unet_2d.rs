@@ -36,7 +36,7 @@ impl UNet2DConditionModel {
             groups: config.norm_num_groups,
             eps: config.norm_eps,
             context_dim: config.cross_attention_dim,
-            transformer_layers: config.transformer_layers_per_block,
+            transformer_layers: config.transformer_layers(n - 1)?,
             linear_projection: config.use_linear_projection,
         };
         let mut down_blocks = Vec::with_capacity(n);
@@ -47,9 +47,13 @@ impl UNet2DConditionModel {
             let heads = (config.down_block_types[i] == "CrossAttnDownBlock2D")
                 .then(|| config.heads(i))
                 .transpose()?;
+            let block_common = BlockCommon {
+                transformer_layers: config.transformer_layers(i)?,
+                ..common
+            };
             down_blocks.push(DownBlock::load(
                 &w.sub("down_blocks").sub(i),
-                &common,
+                &block_common,
                 input,
                 output,
                 config.layers_per_block,
@@ -74,9 +78,13 @@ impl UNet2DConditionModel {
             let heads = (config.up_block_types[i] == "CrossAttnUpBlock2D")
                 .then(|| config.heads(n - 1 - i))
                 .transpose()?;
+            let block_common = BlockCommon {
+                transformer_layers: config.transformer_layers(n - 1 - i)?,
+                ..common
+            };
             up_blocks.push(UpBlock::load(
                 &w.sub("up_blocks").sub(i),
-                &common,
+                &block_common,
                 UpChannels {
                     input,
                     output,
