@@ -4,7 +4,7 @@
 //	go run . -image image.png -mask mask.png -prompt "a blue hot-air balloon"
 //
 // Environment: AMQP_URL, S3_ENDPOINT, S3_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-// BUCKET, IMAGE, MASK. Exit status 0 when the job succeeded and its outputs match their sha256.
+// BUCKET, IMAGE, MASK, STEPS. Exit status 0 when the job succeeded and its outputs match their sha256.
 package main
 
 import (
@@ -20,6 +20,7 @@ import (
 	"log"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -69,11 +70,15 @@ func main() {
 	mask := flag.String("mask", env("MASK", "ops/samples/mask.png"), "mask (white = repaint)")
 	prompt := flag.String("prompt", "a blue hot-air balloon over a hill", "prompt")
 	bucket := flag.String("bucket", env("BUCKET", "inpaint"), "bucket for inputs and outputs")
+	steps := flag.Int("steps", 4, "denoising steps (env STEPS)")
 	timeout := flag.Duration("timeout", 10*time.Minute, "how long to wait for the result")
 	flag.Parse()
+	if v, err := strconv.Atoi(os.Getenv("STEPS")); err == nil {
+		*steps = v
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	if err := run(ctx, *image, *mask, *prompt, *bucket); err != nil {
+	if err := run(ctx, *image, *mask, *prompt, *bucket, *steps); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -120,7 +125,7 @@ func waitForJobsQueue(ctx context.Context, conn *amqp.Connection) (*amqp.Channel
 	}
 }
 
-func run(ctx context.Context, image, mask, prompt, bucket string) error {
+func run(ctx context.Context, image, mask, prompt, bucket string, steps int) error {
 	s3, err := s3Client()
 	if err != nil {
 		return err
@@ -163,7 +168,7 @@ func run(ctx context.Context, image, mask, prompt, bucket string) error {
 		"mask":            fmt.Sprintf("s3://%s/%s/mask.png", bucket, prefix),
 		"prompt":          prompt,
 		"negative_prompt": "blurry",
-		"params":          map[string]any{"num_inference_steps": 4, "guidance_scale": 7.5, "seed": 42, "scheduler": "dpmpp_2m"},
+		"params":          map[string]any{"num_inference_steps": steps, "guidance_scale": 7.5, "seed": 42, "scheduler": "dpmpp_2m"},
 		"output":          map[string]any{"bucket": bucket, "prefix": "outputs"},
 		"metadata":        map[string]string{"producer": "go"},
 	}

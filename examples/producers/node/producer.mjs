@@ -3,7 +3,7 @@
 //   node producer.mjs --image image.png --mask mask.png --prompt "a blue hot-air balloon"
 //
 // Environment: AMQP_URL, S3_ENDPOINT, S3_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, BUCKET,
-// IMAGE, MASK. Exit status 0 when the job succeeded and its outputs match their sha256.
+// IMAGE, MASK, STEPS. Exit status 0 when the job succeeded and its outputs match their sha256.
 import { createHash, randomUUID } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
@@ -19,6 +19,7 @@ const { values: opts } = parseArgs({
     mask: { type: "string", default: process.env.MASK ?? "ops/samples/mask.png" },
     prompt: { type: "string", default: "a blue hot-air balloon over a hill" },
     bucket: { type: "string", default: process.env.BUCKET ?? "inpaint" },
+    steps: { type: "string", default: process.env.STEPS ?? "4" },
     timeout: { type: "string", default: "600" },
   },
 });
@@ -112,7 +113,7 @@ async function main() {
       mask: `s3://${opts.bucket}/${prefix}/mask.png`,
       prompt: opts.prompt,
       negative_prompt: "blurry",
-      params: { num_inference_steps: 4, guidance_scale: 7.5, seed: 42, scheduler: "dpmpp_2m" },
+      params: { num_inference_steps: Number(opts.steps), guidance_scale: 7.5, seed: 42, scheduler: "dpmpp_2m" },
       output: { bucket: opts.bucket, prefix: "outputs" },
       metadata: { producer: "node" },
     };

@@ -9,7 +9,7 @@ A job the prompt policy blocks, to see the failure path:
     python producer.py --prompt "nudify this photo" --expect blocked
 
 Environment: AMQP_URL, S3_ENDPOINT, S3_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, BUCKET,
-IMAGE, MASK (defaults for the flags). Exit status 0 when every job succeeded with its outputs.
+IMAGE, MASK, STEPS (defaults for the flags). Exit status 0 when every job succeeded with its outputs.
 """
 import argparse
 import hashlib
@@ -112,7 +112,7 @@ def main():
     p.add_argument("--mask", default=os.environ.get("MASK", "ops/samples/mask.png"))
     p.add_argument("--prompt", default="a blue hot-air balloon over a hill")
     p.add_argument("--bucket", default=os.environ.get("BUCKET", "inpaint"))
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=int(os.environ.get("STEPS", "4")))
     p.add_argument("--count", type=int, default=1, help="jobs to publish")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for all results")
     p.add_argument("--settle", type=float, default=0, help="seconds to keep listening for duplicate results")
