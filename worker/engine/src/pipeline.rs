@@ -18,6 +18,7 @@ use crate::model_folder::LoadOptions;
 use crate::models::clip::ClipTextModel;
 use crate::models::unet_2d::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
+use crate::models::vae::DiagonalGaussian;
 use crate::schedulers::{
     self, CpuGenerator, Generators, NoiseSource, SchedulerConfig, SchedulerKind,
 };
@@ -68,6 +69,9 @@ pub struct InpaintOutput {
     pub mask: GrayImage,
     /// Whether the prompt or the negative prompt was cut to the tokenizer's maximum length.
     pub prompt_truncated: bool,
+    /// The final latents `[images, C, h, w]` (f32, before the VAE's scaling is undone): what the
+    /// batch tests compare bit for bit, since 8-bit images could hide a difference.
+    pub latents: Tensor,
 }
 
 /// What the step callback may decide.
@@ -88,6 +92,10 @@ pub struct InpaintPipeline {
     scheduler_config: SchedulerConfig,
     device: Device,
     kind: Kind,
+    /// The VAE's element kind (the `vae_precision` option: f32 by default, which SD-1.5's VAE
+    /// needs at large sizes; f16 halves its memory and time on a GPU). Latents and pixels stay
+    /// f32 outside the VAE.
+    vae_kind: Kind,
 }
 
 /// PIL's `convert("L")` for RGB: `(R*19595 + G*38470 + B*7471 + 0x8000) >> 16`.
@@ -135,6 +143,7 @@ impl InpaintPipeline {
                 text_encoder.config().max_position_embeddings
             )));
         }
+        let vae_kind = vae.kind();
         Ok(Self {
             folder: source,
             tokenizer,
@@ -144,6 +153,7 @@ impl InpaintPipeline {
             scheduler_config: scheduler_config.with_inpaint_pipeline_fixups(),
             device: options.device,
             kind: options.kind,
+            vae_kind,
         })
     }
 
@@ -247,13 +257,123 @@ impl InpaintPipeline {
 
     /// Runs the request. `on_step(done, total)` is called after every denoising step; returning
     /// [`StepControl::Cancel`] stops with [`EngineError::Cancelled`].
+    ///
+    /// This is [`InpaintPipeline::run_batch`] with a batch of one: a request gives the same bits
+    /// alone as in any batch.
     pub fn run(
         &self,
         r: &InpaintRequest,
         on_step: &mut dyn FnMut(usize, usize) -> StepControl,
     ) -> Result<InpaintOutput, EngineError> {
-        self.check(r)?;
+        let mut items = [BatchItem {
+            request: r,
+            on_step,
+        }];
+        self.run_batch(&mut items)?
+            .pop()
+            .unwrap_or_else(|| Err(EngineError::Model("the batch returned no result".into())))
+    }
+
+    /// Runs several requests in one denoising loop: one UNet evaluation per step for all of them.
+    ///
+    /// The requests must share what makes their loops step together — output size, steps,
+    /// scheduler, strength and eta (checked: [`BatchShape`]) — and may differ in everything else:
+    /// prompts, negative prompts, guidance scales (with and without guidance mixed), seeds (any
+    /// number per request), images and masks. Every image is the one the request gives alone:
+    /// text encoding, VAE encoding and decoding, noise, guidance and scheduler steps run per request
+    /// exactly as alone (each request has its own scheduler and generators); only the UNet call is
+    /// shared, its rows in each request's own order (`[uncond, cond]` with guidance, `[cond]`
+    /// without).
+    ///
+    /// Each item's `on_step(done, total)` is called after every step of that request; returning
+    /// [`StepControl::Cancel`] drops the request from the batch (its result is
+    /// [`EngineError::Cancelled`]) and the others go on unchanged. A request that fails its own
+    /// checks fails alone. The outer error is for the batch as a whole: mismatched shared
+    /// parameters, or a model failure inside the shared loop.
+    pub fn run_batch(
+        &self,
+        items: &mut [BatchItem<'_, '_>],
+    ) -> Result<Vec<Result<InpaintOutput, EngineError>>, EngineError> {
+        if let Some(first) = items.first() {
+            let shape = BatchShape::of(first.request);
+            for (i, item) in items.iter().enumerate().skip(1) {
+                shape.check_member(i, &BatchShape::of(item.request))?;
+            }
+        }
         let _guard = tch::no_grad_guard();
+        let mut results: Vec<Option<Result<InpaintOutput, EngineError>>> =
+            items.iter().map(|_| None).collect();
+        let mut active: Vec<(usize, Prepared)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match self.prepare(item.request) {
+                Ok(prepared) => active.push((i, prepared)),
+                Err(err) => results[i] = Some(Err(err)),
+            }
+        }
+
+        let timesteps = match active.first() {
+            Some((_, p)) => p.timesteps.clone(),
+            None => Vec::new(),
+        };
+        if let Some((i, _)) = active.iter().find(|(_, p)| p.timesteps != timesteps) {
+            return Err(EngineError::InvalidInput(format!(
+                "batch request {i} has other timesteps than request 0"
+            )));
+        }
+        let total = timesteps.len();
+        for (step, &t) in timesteps.iter().enumerate() {
+            if active.is_empty() {
+                break;
+            }
+            // One UNet batch: each request's rows, in the order it uses alone.
+            let mut inputs = Vec::with_capacity(active.len());
+            let mut contexts = Vec::with_capacity(active.len());
+            let mut rows = Vec::with_capacity(active.len());
+            for (_, p) in active.iter_mut() {
+                let input = p.unet_input(t)?;
+                rows.push(input.size()[0]);
+                inputs.push(input.f_to_kind(self.kind)?);
+                contexts.push(p.context.shallow_clone());
+            }
+            let (input, context) = if inputs.len() == 1 {
+                (inputs.remove(0), contexts.remove(0))
+            } else {
+                (Tensor::f_cat(&inputs, 0)?, Tensor::f_cat(&contexts, 0)?)
+            };
+            let prediction = self
+                .unet
+                .forward(&input, t, &context)
+                .f_to_kind(Kind::Float)?;
+            let predictions = if rows.len() == 1 {
+                vec![prediction]
+            } else {
+                prediction.f_split_with_sizes(&rows, 0)?
+            };
+            let mut still_active = Vec::with_capacity(active.len());
+            for ((i, mut p), prediction) in active.drain(..).zip(predictions) {
+                p.step(&prediction, step, t, &timesteps)?;
+                if (items[i].on_step)(step + 1, total) == StepControl::Cancel {
+                    results[i] = Some(Err(EngineError::Cancelled));
+                } else {
+                    still_active.push((i, p));
+                }
+            }
+            active = still_active;
+        }
+
+        for (i, p) in active {
+            results[i] = Some(self.finish(p));
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(EngineError::Cancelled)))
+            .collect())
+    }
+
+    /// Everything of a request before the loop, in diffusers' order: checks, text conditioning,
+    /// scheduler and strength cut, image and mask, VAE encoding, noise, initial latents.
+    fn prepare(&self, r: &InpaintRequest) -> Result<Prepared, EngineError> {
+        self.check(r)?;
         let n = r.seeds.len() as i64;
         let device = self.device;
         let factor = self.vae_scale_factor();
@@ -310,8 +430,10 @@ impl InpaintPipeline {
         let masked_image = image_t.f_mul(&keep)?;
 
         let need_image_latents = !inpainting_unet || r.strength < 1.0;
-        let image_dist = need_image_latents.then(|| self.vae.encode(&image_t));
-        let masked_dist = self.vae.encode(&masked_image);
+        let image_dist = need_image_latents
+            .then(|| self.vae_encode(&image_t))
+            .transpose()?;
+        let masked_dist = self.vae_encode(&masked_image)?;
         let one = [1, latent_channels, lh, lw];
 
         // Per-image draws in diffusers' order: (a) image-latent sample, (b) noise, (c) masked.
@@ -346,7 +468,7 @@ impl InpaintPipeline {
         };
         let masked_latents = Tensor::f_cat(&masked_latents, 0)?;
 
-        let mut latents = if r.strength >= 1.0 {
+        let latents = if r.strength >= 1.0 {
             noise.f_mul_scalar(scheduler.init_noise_sigma())?
         } else {
             let start = image_latents.as_ref().ok_or_else(|| {
@@ -359,67 +481,58 @@ impl InpaintPipeline {
         let mask_latent = mask_bin
             .f_upsample_nearest2d([lh, lw], None, None)?
             .f_repeat([n, 1, 1, 1])?;
-        let double = |t: &Tensor| -> Result<Tensor, EngineError> {
-            Ok(if cfg {
-                Tensor::f_cat(&[t, t], 0)?
-            } else {
-                t.shallow_clone()
-            })
-        };
         let conditioning = if inpainting_unet {
             Some(Tensor::f_cat(
-                &[double(&mask_latent)?, double(&masked_latents)?],
+                &[double(cfg, &mask_latent)?, double(cfg, &masked_latents)?],
                 1,
             )?)
         } else {
             None
         };
 
-        let mut step_noise = Generators(generators);
-        let total = timesteps.len();
-        for (i, &t) in timesteps.iter().enumerate() {
-            let input = double(&latents)?;
-            let input = scheduler.scale_model_input(&input, t)?;
-            let input = match &conditioning {
-                Some(c) => Tensor::f_cat(&[input, c.shallow_clone()], 1)?,
-                None => input,
-            };
-            let prediction = self
-                .unet
-                .forward(&input.f_to_kind(self.kind)?, t, &context)
-                .f_to_kind(Kind::Float)?;
-            let guided = if cfg {
-                let halves = prediction.f_chunk(2, 0)?;
-                let (uncond, text) = (&halves[0], &halves[1]);
-                uncond.f_add(&text.f_sub(uncond)?.f_mul_scalar(r.guidance_scale)?)?
-            } else {
-                prediction
-            };
-            latents = scheduler.step(
-                &guided,
-                t,
-                &latents,
-                &mut step_noise as &mut dyn NoiseSource,
-            )?;
-            if !inpainting_unet && let Some(original) = &image_latents {
-                // 4-channel UNet: keep the unmasked region on the image's own noise trajectory.
-                let proper = match timesteps.get(i + 1) {
-                    Some(&next) => scheduler.add_noise(original, &noise, next)?,
-                    None => original.shallow_clone(),
-                };
-                let inverse = mask_latent.f_neg()?.f_add_scalar(1.0)?;
-                latents = proper
-                    .f_mul(&inverse)?
-                    .f_add(&mask_latent.f_mul(&latents)?)?;
-            }
-            if on_step(i + 1, total) == StepControl::Cancel {
-                return Err(EngineError::Cancelled);
-            }
-        }
+        Ok(Prepared {
+            width: r.width,
+            height: r.height,
+            guidance_scale: cfg.then_some(r.guidance_scale),
+            context,
+            scheduler,
+            timesteps,
+            latents,
+            noise,
+            image_latents: (!inpainting_unet).then_some(image_latents).flatten(),
+            mask_latent,
+            conditioning,
+            step_noise: Generators(generators),
+            mask_gray,
+            truncated,
+        })
+    }
 
-        let decoded = self.vae.decode(&latents.f_div_scalar(scaling)?);
+    /// The VAE's encoder in its own kind; the distribution comes back in f32.
+    fn vae_encode(&self, pixels: &Tensor) -> Result<DiagonalGaussian, EngineError> {
+        let dist = self.vae.encode(&pixels.f_to_kind(self.vae_kind)?);
+        Ok(DiagonalGaussian {
+            mean: dist.mean.f_to_kind(Kind::Float)?,
+            std: dist.std.f_to_kind(Kind::Float)?,
+        })
+    }
+
+    /// The VAE's decoder in its own kind; pixels come back in f32.
+    fn vae_decode(&self, latents: &Tensor) -> Result<Tensor, EngineError> {
+        Ok(self
+            .vae
+            .decode(&latents.f_to_kind(self.vae_kind)?)
+            .f_to_kind(Kind::Float)?)
+    }
+
+    /// Decodes a finished request and makes its output.
+    fn finish(&self, p: Prepared) -> Result<InpaintOutput, EngineError> {
+        let scaling = self.vae.config().scaling_factor;
+        let decoded = self.vae_decode(&p.latents.f_div_scalar(scaling)?)?;
+        let latents = p.latents.f_to_device(Device::Cpu)?;
         let images = tensor_to_rgb(&decoded)?;
-        let mask = GrayImage::from_fn(r.width, r.height, |x, y| {
+        let mask_gray = &p.mask_gray;
+        let mask = GrayImage::from_fn(p.width, p.height, |x, y| {
             image::Luma([if mask_gray.get_pixel(x, y).0[0] >= 128 {
                 255
             } else {
@@ -429,7 +542,151 @@ impl InpaintPipeline {
         Ok(InpaintOutput {
             images,
             mask,
-            prompt_truncated: truncated,
+            prompt_truncated: p.truncated,
+            latents,
         })
+    }
+}
+
+/// `[t, t]` with guidance (uncond and cond rows see the same latents), else `t`.
+fn double(cfg: bool, t: &Tensor) -> Result<Tensor, EngineError> {
+    Ok(if cfg {
+        Tensor::f_cat(&[t, t], 0)?
+    } else {
+        t.shallow_clone()
+    })
+}
+
+/// One request of [`InpaintPipeline::run_batch`], with its own progress callback.
+pub struct BatchItem<'r, 'f> {
+    pub request: &'r InpaintRequest,
+    /// `on_step(done, total)` after each step; [`StepControl::Cancel`] drops this request.
+    pub on_step: &'f mut dyn FnMut(usize, usize) -> StepControl,
+}
+
+impl std::fmt::Debug for BatchItem<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchItem")
+            .field("request", &self.request)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the requests of one batch must share: the parameters that decide the loop's timesteps
+/// and the latent shape. Requests with equal shapes can be batched (the key to group jobs by).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchShape {
+    pub width: u32,
+    pub height: u32,
+    pub num_inference_steps: usize,
+    pub scheduler: SchedulerKind,
+    pub strength: f64,
+    /// Only DDIM uses eta; for the others it is ignored here as in the loop.
+    pub eta: Option<f64>,
+}
+
+impl BatchShape {
+    /// The shape of `r`.
+    pub fn of(r: &InpaintRequest) -> Self {
+        Self {
+            width: r.width,
+            height: r.height,
+            num_inference_steps: r.num_inference_steps,
+            scheduler: r.scheduler,
+            strength: r.strength,
+            eta: (r.scheduler == SchedulerKind::Ddim).then_some(r.eta),
+        }
+    }
+
+    /// Whether `other` can join a batch of this shape (bitwise-equal floats).
+    pub fn matches(&self, other: &BatchShape) -> bool {
+        self.width == other.width
+            && self.height == other.height
+            && self.num_inference_steps == other.num_inference_steps
+            && self.scheduler == other.scheduler
+            && self.strength.to_bits() == other.strength.to_bits()
+            && self.eta.map(f64::to_bits) == other.eta.map(f64::to_bits)
+    }
+
+    fn check_member(&self, index: usize, other: &BatchShape) -> Result<(), EngineError> {
+        if self.matches(other) {
+            Ok(())
+        } else {
+            Err(EngineError::InvalidInput(format!(
+                "batch request {index} cannot share a loop with request 0: {other:?} vs {self:?} \
+                 (size, steps, scheduler, strength and eta must be equal)"
+            )))
+        }
+    }
+}
+
+/// A request between [`InpaintPipeline::prepare`] and [`InpaintPipeline::finish`]: its own
+/// conditioning, scheduler, generators and latents.
+struct Prepared {
+    width: u32,
+    height: u32,
+    /// `Some(scale)` when guidance runs (scale > 1).
+    guidance_scale: Option<f64>,
+    context: Tensor,
+    scheduler: Box<dyn schedulers::Scheduler>,
+    timesteps: Vec<f64>,
+    latents: Tensor,
+    noise: Tensor,
+    /// The 4-channel UNet's image latents, re-noised into the unmasked region after each step.
+    image_latents: Option<Tensor>,
+    mask_latent: Tensor,
+    /// The 9-channel UNet's mask and masked-image channels (doubled for guidance).
+    conditioning: Option<Tensor>,
+    step_noise: Generators,
+    mask_gray: GrayImage,
+    truncated: bool,
+}
+
+impl Prepared {
+    /// This request's UNet rows for timestep `t` (f32; the caller converts).
+    fn unet_input(&mut self, t: f64) -> Result<Tensor, EngineError> {
+        let input = double(self.guidance_scale.is_some(), &self.latents)?;
+        let input = self.scheduler.scale_model_input(&input, t)?;
+        Ok(match &self.conditioning {
+            Some(c) => Tensor::f_cat(&[input, c.shallow_clone()], 1)?,
+            None => input,
+        })
+    }
+
+    /// Guidance and the scheduler step on this request's rows of the UNet output (f32), then the
+    /// 4-channel UNet's re-noising of the unmasked region.
+    fn step(
+        &mut self,
+        prediction: &Tensor,
+        index: usize,
+        t: f64,
+        timesteps: &[f64],
+    ) -> Result<(), EngineError> {
+        let guided = match self.guidance_scale {
+            Some(scale) => {
+                let halves = prediction.f_chunk(2, 0)?;
+                let (uncond, text) = (&halves[0], &halves[1]);
+                uncond.f_add(&text.f_sub(uncond)?.f_mul_scalar(scale)?)?
+            }
+            None => prediction.shallow_clone(),
+        };
+        self.latents = self.scheduler.step(
+            &guided,
+            t,
+            &self.latents,
+            &mut self.step_noise as &mut dyn NoiseSource,
+        )?;
+        if let Some(original) = &self.image_latents {
+            // 4-channel UNet: keep the unmasked region on the image's own noise trajectory.
+            let proper = match timesteps.get(index + 1) {
+                Some(&next) => self.scheduler.add_noise(original, &self.noise, next)?,
+                None => original.shallow_clone(),
+            };
+            let inverse = self.mask_latent.f_neg()?.f_add_scalar(1.0)?;
+            self.latents = proper
+                .f_mul(&inverse)?
+                .f_add(&self.mask_latent.f_mul(&self.latents)?)?;
+        }
+        Ok(())
     }
 }

@@ -26,6 +26,12 @@ impl Linear {
     }
 }
 
+/// Whether libtorch has oneDNN (MKL-DNN) for CPU convolutions.
+fn mkldnn_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(tch::utils::has_mkldnn)
+}
+
 /// A 2-D convolution with square kernel, stride and padding.
 #[derive(Debug)]
 pub struct Conv2d {
@@ -52,7 +58,25 @@ impl Conv2d {
         }
     }
 
+    /// The element kind of the weights.
+    pub fn kind(&self) -> tch::Kind {
+        self.weight.kind()
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        // On the CPU in f32 always oneDNN: libtorch's conv2d takes its own im2col kernel for a
+        // batch of one small input (at most 20480 numbers, kernel at most 3x3) and oneDNN for
+        // any larger batch, so an image would get other bits alone than batched with others.
+        // oneDNN's result for a sample does not depend on the batch (tests/batch_parity.rs).
+        if x.device() == tch::Device::Cpu && x.kind() == tch::Kind::Float && mkldnn_available() {
+            let strides = [self.stride, self.stride];
+            let padding = [self.padding, self.padding];
+            if let Ok(y) =
+                x.f_mkldnn_convolution(&self.weight, Some(&self.bias), padding, strides, [1, 1], 1)
+            {
+                return y;
+            }
+        }
         x.conv2d(
             &self.weight,
             Some(&self.bias),

@@ -186,6 +186,11 @@ impl AutoencoderKL {
         &self.config
     }
 
+    /// The element kind the VAE runs in (that of its weights).
+    pub fn kind(&self) -> tch::Kind {
+        self.enc_conv_in.kind()
+    }
+
     /// Pixels `[B, 3, H, W]` in [-1, 1] to the latent distribution (unscaled latents).
     pub fn encode(&self, x: &Tensor) -> DiagonalGaussian {
         let mut h = self.enc_conv_in.forward(x);
