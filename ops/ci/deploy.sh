@@ -71,7 +71,7 @@ ln -s "$(readlink -f .libtorch)/lib" "$copy/lib"
   cd "$copy"
   env -u LD_LIBRARY_PATH INPAINT_CACHE_DIR="$copy/cache" bin/inpaint-worker inpaint --model embedded-tiny \
     --image "$root/ops/samples/image.png" --mask "$root/ops/samples/mask.png" --prompt "a blue balloon" \
-    --steps 1 --output out.png --raw > inpaint.log 2>&1 || { cat inpaint.log >&2; exit 1; }
+    --scheduler dpmpp-2m --steps 1 --output out.png --raw > inpaint.log 2>&1 || { cat inpaint.log >&2; exit 1; }
   [ -s out.png ] || fail "the copied binary wrote no output"
   grep -q "random-weight test model" inpaint.log || fail "no embedded-tiny warning from the copied binary"
   ls cache | grep -q '^inpaint-worker-embedded-tiny-' || fail "embedded-tiny not written to INPAINT_CACHE_DIR"
