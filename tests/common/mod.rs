@@ -17,7 +17,9 @@ use inpaint_queue::{Broker, Publisher};
 use inpaint_storage::{ObjectRef, PutRequest, StorageConfig};
 use inpaint_worker::inference::{InferenceThread, PassThrough};
 use inpaint_worker::metrics::Metrics;
-use inpaint_worker::settings::{AllowConfig, ChainConfig, EngineBackend, HttpConfig, RetryConfig};
+use inpaint_worker::settings::{
+    AllowConfig, ChainConfig, EMBEDDED_TINY, EngineBackend, EngineConfig, HttpConfig, RetryConfig,
+};
 use inpaint_worker::store::ObjectStorage;
 use inpaint_worker::topology::{self, TopologyConfig};
 use inpaint_worker::{Parts, Settings, WorkerError};
@@ -63,6 +65,11 @@ pub fn base_settings(prefix: &str, storage: StorageConfig, bucket: String) -> Se
         },
         http: HttpConfig {
             bind: String::new(),
+        },
+        // engine.model has no default; tests that switch to the real engine run the tiny model.
+        engine: EngineConfig {
+            model: EMBEDDED_TINY.into(),
+            ..EngineConfig::default()
         },
         ..Settings::default()
     }

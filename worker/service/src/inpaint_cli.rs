@@ -1,32 +1,38 @@
-//! `inpaint-worker inpaint`: one job on local files, no broker, through the same per-job code
-//! path as the worker (`InpaintPipeline::run_job`) and the configured plugin chain.
+//! `inpaint-worker inpaint`: one job on local files, no broker, through the worker's own
+//! [`JobFlow`]: the arguments become a job message, the input files go into an in-memory store,
+//! and the flow runs it exactly as a worker does — the same chain rules (fail closed without a
+//! safety checker and a watermark unless `--allow-unsafe-chain`), the same decoder, encoder,
+//! provenance and C2PA signing — then the stored outputs and the result JSON are written to
+//! disk. `--raw` skips the chain for reference comparisons, and says so.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use clap::Args;
-use image::GrayImage;
-use inpaint_engine::job::JobSpec;
-use inpaint_engine::model_folder::LoadOptions;
-use inpaint_engine::pipeline::{InpaintPipeline, StepControl, pil_luma};
+use inpaint_engine::DeviceSpec;
 use inpaint_engine::schedulers::SchedulerKind;
-use inpaint_engine::{DeviceSpec, Precision};
-use inpaint_plugin_api::{JobContext, OutputImage};
+use inpaint_job::{InpaintJob, InpaintResult, JobId};
 use inpaint_stages::StageConfig;
+use inpaint_storage::{PutRequest, StorageConfig};
 use serde::Deserialize;
 
-/// The tiny random-weight model the repository ships: the embedded default, for trying the
-/// tool and for tests. Real use passes `--model` with an SD-1.5-inpainting diffusers folder.
-pub fn embedded_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/parity/fixtures/models/tiny-sd-a")
-}
+use crate::flow::{JobFlow, JobRun, Timings};
+use crate::images::Signer;
+use crate::parts::Parts;
+use crate::settings::{AllowConfig, ChainConfig, EngineBackend, Settings};
+
+/// The bucket of the in-memory store a local job reads from and writes to.
+pub const LOCAL_BUCKET: &str = "local";
 
 /// Arguments of `inpaint-worker inpaint`.
 #[derive(Args, Debug, Clone)]
 pub struct InpaintArgs {
-    /// diffusers-format model folder (default: the embedded tiny model).
+    /// diffusers-format model folder (default: `embedded-tiny`, the tiny random-weight test
+    /// model, resolved as the worker resolves `engine.model`).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Weights variant, e.g. fp16 (reads *.fp16.safetensors).
@@ -42,7 +48,8 @@ pub struct InpaintArgs {
     pub prompt: String,
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    /// Output file; with --num-images N > 1: OUT-0.png, OUT-1.png, ...
+    /// Output file (.png, .webp, .jpg); with --num-images N > 1: OUT-0.png, OUT-1.png, ...
+    /// The result JSON goes beside it as OUT.result.json.
     #[arg(long)]
     pub output: PathBuf,
     #[arg(long, default_value_t = 50)]
@@ -86,12 +93,46 @@ pub struct InpaintArgs {
     #[arg(long, default_value_t = 1024)]
     pub max_side: u32,
     /// TOML file with the plugin chain (`[[stages]]` tables as in the worker's config);
-    /// default: the built-in prompt policy.
+    /// default: the prompt policy and provenance.
     #[arg(long)]
     pub chain: Option<PathBuf>,
-    /// Skip the plugin chain (for reference comparisons). Prints a warning.
+    /// The worker's configuration file: its `[chain]` (unless --chain), `[limits]` and
+    /// `[c2pa]` sections apply, so the output is what that worker would write.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run although the chain has no safety checker or no watermark (the worker's
+    /// `allow_unsafe_chain`): logged, and recorded in each file's provenance.
+    #[arg(long)]
+    pub allow_unsafe_chain: bool,
+    /// The job id (default: random): with the worker's job id and seed, the same bytes.
+    #[arg(long)]
+    pub job_id: Option<JobId>,
+    /// JPEG quality for a .jpg/.jpeg output.
+    #[arg(long, default_value_t = 90)]
+    pub quality: u8,
+    /// Skip the plugin chain (for reference comparisons against diffusers): no policy, no
+    /// safety check, no watermark, no provenance. Prints a warning.
     #[arg(long)]
     pub raw: bool,
+}
+
+impl InpaintArgs {
+    /// Parses `inpaint` options as the command line does (without the program and command
+    /// names), for tools and tests that start a local run from arguments.
+    pub fn parse<I, S>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: InpaintArgs,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("inpaint"))
+            .chain(args.into_iter().map(Into::into));
+        <Command as clap::Parser>::try_parse_from(argv).map(|c| c.args)
+    }
 }
 
 #[derive(Deserialize)]
@@ -110,6 +151,7 @@ pub fn parse_scheduler(name: &str) -> anyhow::Result<SchedulerKind> {
 }
 
 /// Progress lines: rewritten in place on a terminal, one per update otherwise.
+#[derive(Clone, Copy)]
 struct Progress {
     terminal: bool,
 }
@@ -130,23 +172,16 @@ impl Progress {
     }
 }
 
-/// The chain without `--chain`: the prompt policy, where this build has it.
+/// The chain without `--chain` or `--config`: the prompt policy and provenance, where this
+/// build has them. No safety checker or watermark: refused without `--allow-unsafe-chain`.
 fn default_stages() -> Vec<StageConfig> {
-    #[cfg(feature = "stage-prompt-policy")]
-    let stages = vec![StageConfig::PromptPolicy(Default::default())];
-    #[cfg(not(feature = "stage-prompt-policy"))]
-    let stages = Vec::new();
-    stages
-}
-
-fn load_mask(path: &Path) -> anyhow::Result<GrayImage> {
-    let decoded =
-        image::open(path).with_context(|| format!("cannot decode mask {}", path.display()))?;
-    Ok(match decoded {
-        image::DynamicImage::ImageLuma8(gray) => gray,
-        // diffusers converts masks with PIL's convert("L").
-        other => pil_luma(&other.to_rgb8()),
-    })
+    [
+        #[cfg(feature = "stage-prompt-policy")]
+        StageConfig::PromptPolicy(Default::default()),
+        #[cfg(feature = "stage-provenance")]
+        StageConfig::Provenance(Default::default()),
+    ]
+    .into()
 }
 
 fn output_path(output: &Path, index: u32, count: u32) -> PathBuf {
@@ -158,228 +193,233 @@ fn output_path(output: &Path, index: u32, count: u32) -> PathBuf {
     output.with_file_name(format!("{stem}-{index}.{ext}"))
 }
 
-/// Runs `inpaint-worker inpaint`; returns the files written.
+/// Where the result JSON goes: `OUT.result.json` beside the first output.
+pub fn result_path(output: &Path) -> PathBuf {
+    let stem = output.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+    output.with_file_name(format!("{stem}.result.json"))
+}
+
+/// The job's `output.format` from the output file's extension.
+fn output_format(output: &Path, quality: u8) -> anyhow::Result<serde_json::Value> {
+    let ext = output
+        .extension()
+        .and_then(|s| s.to_str())
+        .map(str::to_ascii_lowercase);
+    Ok(match ext.as_deref() {
+        Some("png") | None => serde_json::json!({"type": "png"}),
+        Some("webp") => serde_json::json!({"type": "webp"}),
+        Some("jpg" | "jpeg") => serde_json::json!({"type": "jpeg", "quality": quality}),
+        Some(other) => bail!("--output: .{other} is not an output format (png, webp, jpg)"),
+    })
+}
+
+/// The job message the arguments stand for (validated as the worker validates jobs).
+pub fn job_for(args: &InpaintArgs) -> anyhow::Result<InpaintJob> {
+    let scheduler = parse_scheduler(&args.scheduler)?;
+    let mut params = serde_json::json!({
+        "scheduler": scheduler_name(scheduler),
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "strength": args.strength,
+        "eta": args.eta,
+        "seed": args.seed,
+        "num_images": args.num_images,
+        "preserve_unmasked": !args.no_preserve_unmasked,
+        "mask_grow_px": args.mask_grow,
+        "mask_feather_px": args.mask_feather,
+    });
+    if let (Some(width), Some(height)) = (args.width, args.height) {
+        params["width"] = width.into();
+        params["height"] = height.into();
+    }
+    if let Some(padding) = args.crop_to_mask {
+        params["crop_to_mask"] = serde_json::json!({ "padding_px": padding });
+    }
+    let mut job = serde_json::json!({
+        "schema_version": 1,
+        "job_id": args.job_id.unwrap_or_else(JobId::new_random).to_string(),
+        "prompt": args.prompt,
+        "params": params,
+        "output": {
+            "bucket": LOCAL_BUCKET,
+            "prefix": "out",
+            "format": output_format(&args.output, args.quality)?,
+        },
+    });
+    if let Some(negative) = &args.negative_prompt {
+        job["negative_prompt"] = negative.clone().into();
+    }
+    if args.image.is_some() {
+        job["image"] = format!("s3://{LOCAL_BUCKET}/in/image").into();
+        job["mask"] = format!("s3://{LOCAL_BUCKET}/in/mask").into();
+    }
+    let bytes = serde_json::to_vec(&job)?;
+    InpaintJob::from_json(&bytes).map_err(|e| anyhow::anyhow!("invalid arguments: {e}"))
+}
+
+fn scheduler_name(kind: SchedulerKind) -> &'static str {
+    match kind {
+        SchedulerKind::Pndm => "pndm",
+        SchedulerKind::Ddim => "ddim",
+        SchedulerKind::Euler => "euler",
+        SchedulerKind::EulerAncestral => "euler_ancestral",
+        SchedulerKind::Dpmpp2m => "dpmpp_2m",
+        SchedulerKind::Dpmpp2mKarras => "dpmpp_2m_karras",
+    }
+}
+
+/// The worker settings a local run uses: `--config`'s (or the defaults), with the model,
+/// device and precision of the arguments, the chain of `--chain` (or the config's, or the
+/// default), an in-memory store and the local bucket allowed.
+pub fn settings_for(args: &InpaintArgs) -> anyhow::Result<Settings> {
+    let mut settings = match &args.config {
+        Some(path) => Settings::load(Some(path))?,
+        None => Settings::default(),
+    };
+    settings.storage = StorageConfig::Memory;
+    settings.allow = AllowConfig {
+        read_buckets: vec![LOCAL_BUCKET.into()],
+        write_buckets: vec![LOCAL_BUCKET.into()],
+        ..AllowConfig::default()
+    };
+    // Local files are the user's own: no size limits on them beyond the model's.
+    settings.limits.max_object_bytes = u64::MAX;
+    settings.limits.max_decoded_pixels = u64::MAX;
+    settings.limits.max_output_side = args.max_side;
+    let engine = &mut settings.engine;
+    engine.backend = EngineBackend::Tch;
+    engine.model = match &args.model {
+        Some(model) => model.display().to_string(),
+        None => crate::settings::EMBEDDED_TINY.into(),
+    };
+    engine.device = args.device;
+    engine.precision = args.dtype.parse()?;
+    engine.variant = args.variant.clone().unwrap_or_default();
+    let stages = if args.raw {
+        Vec::new()
+    } else if let Some(path) = &args.chain {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str::<ChainFile>(&text)
+            .with_context(|| format!("invalid chain file {}", path.display()))?
+            .stages
+    } else if args.config.is_some() {
+        std::mem::take(&mut settings.chain.stages)
+    } else {
+        default_stages()
+    };
+    settings.chain = ChainConfig {
+        stages,
+        allow_unsafe_chain: args.raw
+            || args.allow_unsafe_chain
+            || settings.chain.allow_unsafe_chain,
+    };
+    settings
+        .validate()
+        .context("the chain does not meet the worker's rules (--allow-unsafe-chain overrides the required stages)")?;
+    Ok(settings)
+}
+
+/// Runs `inpaint-worker inpaint` on a runtime of its own; returns the image files written.
 pub fn run_inpaint(args: &InpaintArgs) -> anyhow::Result<Vec<PathBuf>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(inpaint(args))?.0)
+}
+
+/// Runs `inpaint-worker inpaint`: the job through the worker's flow; returns the image files
+/// written and the result (also written beside them).
+pub async fn inpaint(args: &InpaintArgs) -> anyhow::Result<(Vec<PathBuf>, InpaintResult)> {
     let progress = Progress {
         terminal: std::io::stderr().is_terminal(),
     };
-    let scheduler = parse_scheduler(&args.scheduler)?;
-    let precision: Precision = args.dtype.parse()?;
-    let device = args.device.resolve()?;
-    if args.num_images == 0 || args.num_images > 16 {
-        bail!("--num-images must be 1 to 16, got {}", args.num_images);
+    let job = job_for(args)?;
+    let settings = settings_for(args)?;
+    if args.raw {
+        tracing::warn!(
+            "--raw: the plugin chain is skipped: outputs are not policy-checked, safety-checked, watermarked or marked with provenance; for reference comparisons only"
+        );
     }
-    let chain = if args.raw {
-        tracing::warn!("--raw: the plugin chain is skipped; outputs are not policy-checked");
-        None
-    } else {
-        let stages = match &args.chain {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                toml::from_str::<ChainFile>(&text)
-                    .with_context(|| format!("invalid chain file {}", path.display()))?
-                    .stages
-            }
-            None => default_stages(),
-        };
-        Some(inpaint_stages::build_chain(&stages)?)
-    };
-
-    let (image, mask) = match (&args.image, &args.mask) {
-        (Some(image), Some(mask)) => {
-            let decoded = image::open(image)
-                .with_context(|| format!("cannot decode image {}", image.display()))?;
-            (Some(decoded.to_rgb8()), Some(load_mask(mask)?))
-        }
-        _ => (None, None),
-    };
-
-    let mut context = JobContext::new(uuid::Uuid::new_v4(), args.prompt.clone());
-    context.negative_prompt = args.negative_prompt.clone();
-    context.text_only = image.is_none();
-    if let Some(chain) = &chain {
-        let outcome = chain.before_inference(context)?;
-        if let Some(record) = &outcome.block {
-            bail!(
-                "blocked by stage {} (category {}): {}",
-                record.stage,
-                record.block.category,
-                record.block.reason
-            );
-        }
-        context = outcome.context;
+    for warning in settings.chain_warnings() {
+        tracing::warn!("{warning}");
     }
-
-    let model = args.model.clone().unwrap_or_else(embedded_model);
-    progress.line(&format!("loading {} ...", model.display()));
+    if settings.engine.model == crate::settings::EMBEDDED_TINY {
+        tracing::warn!(
+            "no --model: running the embedded tiny random-weight test model, which paints noise"
+        );
+    }
+    let signer = Signer::build(&settings)?;
+    progress.line(&format!("loading {} ...", settings.engine.model));
     let started = Instant::now();
-    let options = LoadOptions {
-        device,
-        kind: precision.kind(),
-        variant: args.variant.clone(),
-    };
-    let pipeline = InpaintPipeline::load(&model, &options)?;
+    let parts = Parts::build(&settings).await?;
     progress.line(&format!(
         "loaded {} in {:.1} s",
-        model.display(),
+        settings.engine.model,
         started.elapsed().as_secs_f64()
     ));
     progress.done();
-
-    let spec = JobSpec {
-        prompt: context.prompt.clone(),
-        negative_prompt: context.negative_prompt.clone(),
-        image,
-        mask,
-        width: args.width,
-        height: args.height,
-        num_inference_steps: args.steps,
-        guidance_scale: args.guidance_scale,
-        strength: args.strength,
-        eta: args.eta,
-        scheduler,
-        seeds: (0..u64::from(args.num_images))
-            .map(|i| args.seed.wrapping_add(i))
-            .collect(),
-        preserve_unmasked: !args.no_preserve_unmasked,
-        mask_grow_px: args.mask_grow,
-        mask_feather_px: args.mask_feather,
-        crop_to_mask: args.crop_to_mask,
-        max_side: args.max_side,
+    if let (Some(image), Some(mask)) = (&args.image, &args.mask) {
+        for (path, object) in [(image, &job.image), (mask, &job.mask)] {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let object = object.as_ref().context("the job names its inputs")?;
+            parts
+                .storage
+                .put(object, Bytes::from(bytes), &PutRequest::default())
+                .await?;
+        }
+    }
+    let storage = Arc::clone(&parts.storage);
+    let flow = JobFlow::new(&settings, &parts, signer);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u32, u32)>(64);
+    let printer = tokio::spawn(async move {
+        let started = Instant::now();
+        while let Some((done, total)) = rx.recv().await {
+            progress.line(&format!(
+                "step {done}/{total} ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        progress.done();
+    });
+    let run = JobRun {
+        attempt: 1,
+        progress: Some(tx),
+        ..JobRun::default()
     };
-    let started = Instant::now();
-    let result = pipeline.run_job(&spec, &mut |done, total| {
-        progress.line(&format!(
-            "step {done}/{total} ({:.1} s)",
-            started.elapsed().as_secs_f64()
-        ));
-        StepControl::Continue
-    })?;
-    progress.done();
+    let outcome = flow.run(&job, run, &mut Timings::new()).await;
+    let _ = printer.await;
+    let result = match outcome {
+        Ok(result) => result,
+        Err(failure) => match &failure.block {
+            Some(block) => bail!(
+                "blocked by stage {} (category {}): {}",
+                block.stage,
+                block.category,
+                block.reason
+            ),
+            None => bail!("{failure}"),
+        },
+    };
     if result.prompt_truncated {
         tracing::warn!("the prompt was longer than the tokenizer's maximum and was truncated");
     }
-
-    let mut outputs: Vec<OutputImage> = result
-        .images
-        .into_iter()
-        .zip(&spec.seeds)
-        .enumerate()
-        .map(|(i, (image, &seed))| OutputImage::new(i as u32, seed, image))
-        .collect();
-    if let Some(chain) = &chain {
-        let outcome = chain.after_output(&context, outputs)?;
-        for record in &outcome.blocks {
-            tracing::warn!(
-                stage = %record.stage,
-                category = %record.block.category,
-                image = ?record.image_index,
-                "output withheld by the plugin chain"
-            );
-        }
-        outputs = outcome.images;
-    }
     let mut written = Vec::new();
-    for output in outputs {
+    for output in &result.outputs {
         let path = output_path(&args.output, output.index, args.num_images);
-        output
-            .image
-            .save(&path)
+        let stored = storage.get(&output.uri, None).await?;
+        std::fs::write(&path, &stored.bytes)
             .with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
     }
-    Ok(written)
+    let json = serde_json::to_vec_pretty(&result)?;
+    let path = result_path(&args.output);
+    std::fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((written, result))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scheduler_names_from_the_command_line() {
-        assert_eq!(
-            parse_scheduler("euler-a").ok(),
-            Some(SchedulerKind::EulerAncestral)
-        );
-        assert_eq!(
-            parse_scheduler("dpmpp-2m-karras").ok(),
-            Some(SchedulerKind::Dpmpp2mKarras)
-        );
-        assert_eq!(parse_scheduler("pndm").ok(), Some(SchedulerKind::Pndm));
-        let err = parse_scheduler("heun").expect_err("unknown");
-        assert!(err.to_string().contains("unknown scheduler"), "{err}");
-    }
-
-    #[test]
-    fn several_images_get_numbered_names() {
-        let out = Path::new("/tmp/x/out.png");
-        assert_eq!(output_path(out, 0, 1), PathBuf::from("/tmp/x/out.png"));
-        assert_eq!(output_path(out, 1, 3), PathBuf::from("/tmp/x/out-1.png"));
-    }
-
-    fn base_args(dir: &Path) -> InpaintArgs {
-        InpaintArgs {
-            model: None,
-            variant: None,
-            image: None,
-            mask: None,
-            prompt: "a lighthouse on a cliff".into(),
-            negative_prompt: None,
-            output: dir.join("out.png"),
-            steps: 2,
-            guidance_scale: 7.5,
-            strength: 1.0,
-            eta: 0.0,
-            seed: 3,
-            scheduler: "ddim".into(),
-            width: None,
-            height: None,
-            num_images: 2,
-            device: DeviceSpec::Cpu,
-            dtype: "f32".into(),
-            no_preserve_unmasked: false,
-            mask_grow: 0,
-            mask_feather: 0,
-            crop_to_mask: None,
-            max_side: 1024,
-            chain: None,
-            raw: false,
-        }
-    }
-
-    #[test]
-    fn inpaints_local_files_with_the_embedded_model() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let image =
-            image::RgbImage::from_fn(40, 24, |x, y| image::Rgb([x as u8 * 6, y as u8 * 9, 77]));
-        let mask = GrayImage::from_fn(40, 24, |x, _| image::Luma([if x > 20 { 255 } else { 0 }]));
-        image.save(dir.path().join("in.png")).expect("save");
-        mask.save(dir.path().join("mask.png")).expect("save");
-        let mut args = base_args(dir.path());
-        args.image = Some(dir.path().join("in.png"));
-        args.mask = Some(dir.path().join("mask.png"));
-        let written = run_inpaint(&args).expect("inpaint");
-        assert_eq!(
-            written,
-            vec![dir.path().join("out-0.png"), dir.path().join("out-1.png")]
-        );
-        let out = image::open(&written[0]).expect("decode").to_rgb8();
-        assert_eq!(out.dimensions(), (40, 24));
-        assert_eq!(
-            out.get_pixel(3, 3),
-            image.get_pixel(3, 3),
-            "unmasked pixels are kept"
-        );
-    }
-
-    #[test]
-    fn a_blocked_prompt_writes_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut args = base_args(dir.path());
-        args.prompt = "nude child".into();
-        let err = run_inpaint(&args).expect_err("blocked");
-        assert!(err.to_string().contains("blocked by stage"), "{err}");
-        assert!(!dir.path().join("out-0.png").exists());
-    }
-}
+#[path = "inpaint_cli_tests.rs"]
+mod tests;

@@ -5,6 +5,12 @@
 //! refuses it at start-up ([`NO_C2PA_SUPPORT`]) instead of ignoring it and publishing unsigned
 //! outputs: with the feature it is `inpaint_provenance::C2paConfig`, checked by serde;
 //! without, any table, refused by [`Settings::validate`].
+//!
+//! `engine.model` has no default: a start without it is refused, so a production worker never
+//! silently serves the random-weight tiny model. `embedded-tiny` names that model explicitly; its
+//! files are compiled into the binary ([`embedded_tiny_folder`]) so that a copied binary (a
+//! container image, another machine) runs it without the source tree, and every start on it logs
+//! a warning.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,8 +24,140 @@ use serde::{Deserialize, Serialize};
 
 use crate::topology::TopologyConfig;
 
-/// The value of `engine.model` that names the tiny test model shipped in the repository.
+/// The value of `engine.model` that names the tiny random-weight test model compiled into the
+/// binary (`tests/parity/fixtures/models/tiny-sd-a`; it paints noise).
 pub const EMBEDDED_TINY: &str = "embedded-tiny";
+
+/// The warning logged on every start on [`EMBEDDED_TINY`].
+pub const EMBEDDED_TINY_WARNING: &str = "engine.model = \"embedded-tiny\": serving the tiny \
+     random-weight test model, which paints noise; name a real stable-diffusion-inpainting folder \
+     for production";
+
+/// Generates the table of embedded tiny-model files from their paths inside the model folder.
+macro_rules! embedded_tiny_files {
+    ($($path:literal),* $(,)?) => {
+        &[$((
+            $path,
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../tests/parity/fixtures/models/tiny-sd-a/",
+                $path
+            )) as &[u8],
+        )),*]
+    };
+}
+
+/// Every file of the tiny model, by its path inside the model folder (2.6 MB in all). A test
+/// checks that this list is exactly the fixture folder's files, byte for byte.
+pub const EMBEDDED_TINY_FILES: &[(&str, &[u8])] = embedded_tiny_files![
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+];
+
+/// Writes the embedded tiny model to a folder the engine can load and returns it:
+/// `$INPAINT_CACHE_DIR` (or the system temporary folder, `$TMPDIR`) `/inpaint-worker-embedded-tiny-<hash>`,
+/// where `<hash>` is a digest of the files. A folder that is already there with exactly these
+/// bytes is reused (concurrent workers on one machine share it); one with other bytes (partly
+/// written, edited) is replaced. Files are written to a private sibling folder first and renamed
+/// into place, so a reader never sees a half-written model.
+pub fn embedded_tiny_folder() -> Result<PathBuf, SettingsError> {
+    let base = std::env::var_os("INPAINT_CACHE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    materialise_embedded_tiny(&base)
+}
+
+fn embedded_tiny_digest() -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (path, bytes) in EMBEDDED_TINY_FILES {
+        hasher.update((path.len() as u64).to_le_bytes());
+        hasher.update(path.as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `folder` holds every embedded file with exactly the embedded bytes.
+fn holds_embedded_tiny(folder: &Path) -> bool {
+    EMBEDDED_TINY_FILES.iter().all(|(path, bytes)| {
+        std::fs::read(folder.join(path)).is_ok_and(|on_disk| on_disk == *bytes)
+    })
+}
+
+fn materialise_embedded_tiny(base: &Path) -> Result<PathBuf, SettingsError> {
+    let failed = |what: &str, path: &Path, e: std::io::Error| {
+        invalid(
+            "engine.model",
+            format!(
+                "embedded-tiny: {what} {} failed: {e} (set INPAINT_CACHE_DIR or TMPDIR to a \
+                 writable folder)",
+                path.display()
+            ),
+        )
+    };
+    let folder = base.join(format!(
+        "inpaint-worker-embedded-tiny-{}",
+        embedded_tiny_digest()
+    ));
+    if holds_embedded_tiny(&folder) {
+        return Ok(folder);
+    }
+    std::fs::create_dir_all(base).map_err(|e| failed("creating", base, e))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let staging = base.join(format!(
+        ".inpaint-worker-embedded-tiny-{}-{nanos}",
+        std::process::id()
+    ));
+    for (path, bytes) in EMBEDDED_TINY_FILES {
+        let file = staging.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| failed("creating", parent, e))?;
+        }
+        std::fs::write(&file, bytes).map_err(|e| failed("writing", &file, e))?;
+    }
+    if folder.exists() {
+        // Another process may have finished the same folder meanwhile; otherwise it is stale.
+        if holds_embedded_tiny(&folder) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Ok(folder);
+        }
+        std::fs::remove_dir_all(&folder).map_err(|e| failed("removing stale", &folder, e))?;
+    }
+    match std::fs::rename(&staging, &folder) {
+        Ok(()) => Ok(folder),
+        // Lost a race with another worker renaming its identical copy into place.
+        Err(_) if holds_embedded_tiny(&folder) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(folder)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(failed("renaming into", &folder, e))
+        }
+    }
+}
 
 /// Why a `[c2pa]` section is refused by a build without the `c2pa` cargo feature.
 pub const NO_C2PA_SUPPORT: &str =
@@ -128,8 +266,9 @@ pub enum EngineBackend {
 pub struct EngineConfig {
     /// `tch` (the model) or `pass-through` (benchmarks and tests).
     pub backend: EngineBackend,
-    /// A diffusers model folder, or `embedded-tiny` for the tiny random test model shipped in
-    /// `tests/parity/fixtures/models/tiny-sd-a` (for demos: it paints noise).
+    /// A diffusers model folder, or `embedded-tiny` for the tiny random-weight test model
+    /// compiled into the binary (for demos and tests: it paints noise; every start on it logs a
+    /// warning). Required: no default, so that no worker serves the test model by accident.
     pub model: String,
     /// The model id reported in results; empty: the folder's name.
     pub model_id: String,
@@ -145,7 +284,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             backend: EngineBackend::Tch,
-            model: EMBEDDED_TINY.into(),
+            model: String::new(),
             model_id: String::new(),
             device: DeviceSpec::Auto,
             precision: Precision::F32,
@@ -155,14 +294,33 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// The model folder on disk.
-    pub fn model_folder(&self) -> PathBuf {
-        if self.model == EMBEDDED_TINY {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../tests/parity/fixtures/models/tiny-sd-a")
+    /// Whether this names the tiny random-weight test model.
+    pub fn is_embedded_tiny(&self) -> bool {
+        self.model.trim() == EMBEDDED_TINY
+    }
+
+    /// The model folder on disk; for `embedded-tiny`, the embedded files written out by
+    /// [`embedded_tiny_folder`], with [`EMBEDDED_TINY_WARNING`] logged (this runs once per start).
+    pub fn resolve_model_folder(&self) -> Result<PathBuf, SettingsError> {
+        if self.is_embedded_tiny() {
+            tracing::warn!("{EMBEDDED_TINY_WARNING}");
+            embedded_tiny_folder()
         } else {
-            PathBuf::from(&self.model)
+            Ok(PathBuf::from(&self.model))
         }
+    }
+
+    /// [`EngineConfig::resolve_model_folder`] for callers without an error path: when the
+    /// embedded model cannot be written out, the reason is logged and the folder it should have
+    /// been written to is returned, so that loading fails naming the missing files.
+    pub fn model_folder(&self) -> PathBuf {
+        self.resolve_model_folder().unwrap_or_else(|e| {
+            tracing::error!("{e}");
+            std::env::temp_dir().join(format!(
+                "inpaint-worker-embedded-tiny-{}",
+                embedded_tiny_digest()
+            ))
+        })
     }
 }
 
@@ -388,7 +546,8 @@ impl Settings {
         if self.engine.backend == EngineBackend::Tch && self.engine.model.trim().is_empty() {
             return Err(invalid(
                 "engine.model",
-                "must name a model folder or `embedded-tiny`",
+                "must be set: a stable-diffusion-inpainting diffusers folder, or `embedded-tiny` \
+                 for the random-weight test model (demos and tests only: it paints noise)",
             ));
         }
         if self.concurrency.prefetch == 0 {
@@ -531,6 +690,10 @@ mod tests {
                 stages: Vec::new(),
                 allow_unsafe_chain: true,
             },
+            engine: EngineConfig {
+                model: EMBEDDED_TINY.into(),
+                ..EngineConfig::default()
+            },
             ..Settings::default()
         }
     }
@@ -561,6 +724,8 @@ mod tests {
             ("http.bind", |s| s.http.bind = "localhost".into()),
             ("chain.stages", |s| s.chain.allow_unsafe_chain = false),
             ("topology.jobs_queue", |s| s.topology.jobs_queue.clear()),
+            ("engine.model", |s| s.engine.model.clear()),
+            ("engine.model", |s| s.engine.model = "  ".into()),
         ];
         for (key, mutate) in cases {
             let mut s = valid();
@@ -597,6 +762,7 @@ mod tests {
         std::fs::write(
             &file,
             "[allow]\nread_buckets = [\"a-in\"]\nwrite_buckets = [\"a-out\"]\n\
+             [engine]\nmodel = \"embedded-tiny\"\n\
              [chain]\nallow_unsafe_chain = true\n[retry]\nmax_attempts = 3\n",
         )
         .expect("write");
@@ -625,6 +791,7 @@ mod tests {
 
     /// A file that would be valid but for its `[c2pa]` section.
     const WITH_C2PA: &str = "[allow]\nread_buckets = [\"inputs\"]\nwrite_buckets = [\"outputs\"]\n\
+        [engine]\nmodel = \"embedded-tiny\"\n\
         [chain]\nallow_unsafe_chain = true\n[[chain.stages]]\ntype = \"provenance\"\n\
         [c2pa]\ncert_chain = \"/etc/c2pa/chain.pem\"\nprivate_key = \"/etc/c2pa/signer.key\"\n";
 
@@ -761,5 +928,107 @@ mod tests {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/worker.example.toml");
         let s = Settings::load_from(Some(&file), Some(config::Map::new())).expect("example loads");
         s.validate().expect("example is valid");
+    }
+
+    #[test]
+    fn a_start_without_a_model_is_refused_and_embedded_tiny_must_be_named() {
+        // The defaults (no [engine] section) name no model: refused, naming the key.
+        let without = load_toml(
+            "[allow]\nread_buckets = [\"inpaint-in\"]\nwrite_buckets = [\"inpaint-out\"]\n[chain]\nallow_unsafe_chain = true\n",
+            &[],
+        );
+        match without {
+            Err(SettingsError::Invalid { key, message }) => {
+                assert_eq!(key, "engine.model");
+                assert!(message.contains("embedded-tiny"), "{message}");
+            }
+            other => panic!("expected engine.model to be refused, got {other:?}"),
+        }
+        // Named explicitly (here from the environment) it loads; pass-through needs no model.
+        let named = load_toml(
+            "[allow]\nread_buckets = [\"inpaint-in\"]\nwrite_buckets = [\"inpaint-out\"]\n[chain]\nallow_unsafe_chain = true\n",
+            &[("INPAINT__ENGINE__MODEL", "embedded-tiny")],
+        )
+        .expect("embedded-tiny named");
+        assert!(named.engine.is_embedded_tiny());
+        let mut pass = valid();
+        pass.engine.model.clear();
+        pass.engine.backend = EngineBackend::PassThrough;
+        pass.validate().expect("pass-through needs no model");
+    }
+
+    /// Every file of the fixture folder is embedded with its bytes, and nothing else is: a file
+    /// added to (or removed from) the tiny model breaks this test, not a container at run time.
+    #[test]
+    fn the_embedded_tiny_files_are_exactly_the_fixture_folder() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/parity/fixtures/models/tiny-sd-a");
+        let mut on_disk = Vec::new();
+        let mut pending = vec![root.clone()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).expect("fixture folder") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else {
+                    let relative = path.strip_prefix(&root).expect("inside");
+                    on_disk.push((
+                        relative.to_string_lossy().replace('\\', "/"),
+                        std::fs::read(&path).expect("read"),
+                    ));
+                }
+            }
+        }
+        on_disk.sort();
+        let mut embedded: Vec<(String, Vec<u8>)> = EMBEDDED_TINY_FILES
+            .iter()
+            .map(|(p, b)| ((*p).to_owned(), b.to_vec()))
+            .collect();
+        embedded.sort();
+        let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&embedded), names(&on_disk));
+        assert!(
+            embedded == on_disk,
+            "an embedded file's bytes differ from the fixture's"
+        );
+    }
+
+    #[test]
+    fn embedded_tiny_is_written_once_reused_and_repaired() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let folder = materialise_embedded_tiny(base.path()).expect("written");
+        assert!(folder.starts_with(base.path()));
+        assert!(holds_embedded_tiny(&folder));
+        // Reused as is.
+        let marker = folder.join("marker");
+        std::fs::write(&marker, b"x").expect("marker");
+        assert_eq!(
+            materialise_embedded_tiny(base.path()).expect("again"),
+            folder
+        );
+        assert!(marker.exists(), "an intact folder is reused, not rewritten");
+        // Every damaged file is noticed and the folder replaced.
+        for (path, _) in EMBEDDED_TINY_FILES {
+            std::fs::write(folder.join(path), b"truncated").expect("damage");
+            assert!(!holds_embedded_tiny(&folder), "{path}");
+            assert_eq!(
+                materialise_embedded_tiny(base.path()).expect("repaired"),
+                folder
+            );
+            assert!(holds_embedded_tiny(&folder), "{path} repaired");
+        }
+        // No staging folders are left behind.
+        let left: Vec<_> = std::fs::read_dir(base.path())
+            .expect("base")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        // An unwritable base is an error naming the key, not a panic.
+        let file = base.path().join("not-a-folder");
+        std::fs::write(&file, b"").expect("file");
+        match materialise_embedded_tiny(&file) {
+            Err(SettingsError::Invalid { key, .. }) => assert_eq!(key, "engine.model"),
+            other => panic!("expected an error, got {other:?}"),
+        }
     }
 }
