@@ -883,3 +883,85 @@ on_failure = "{on_failure}"
     assert_eq!(worker.calls.load(Ordering::SeqCst), 0);
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn inpaint_on_local_files_writes_the_bytes_the_worker_wrote() {
+    use inpaint_stages::StageConfig;
+    use inpaint_worker::inpaint_cli::{InpaintArgs, inpaint};
+    let stages = vec![
+        StageConfig::PromptPolicy(Default::default()),
+        StageConfig::Provenance(Default::default()),
+    ];
+    let mut world = World::with(|s| {
+        s.engine.backend = EngineBackend::Tch;
+        s.engine.device = inpaint_engine::DeviceSpec::Cpu;
+        s.engine.model = inpaint_worker::settings::EMBEDDED_TINY.into();
+        s.chain.stages = stages;
+    })
+    .await;
+    let parts = Parts::build(&world.settings)
+        .await
+        .expect("tiny model loads");
+    let worker = Worker::spawn(world.settings.clone(), parts, Arc::default());
+    let (image, mask) = world.inputs().await;
+    let mut job = world.job(&image, &mask);
+    job["params"]["seed"] = 11.into();
+    world.publish(&job).await;
+    let result = world.next_result().await;
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    worker.shutdown().await;
+
+    // The same job and seed on local files, through `inpaint`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (object, name) in [(&image, "image.png"), (&mask, "mask.png")] {
+        let stored = world.storage.get(object, None).await.expect("input");
+        std::fs::write(dir.path().join(name), &stored.bytes).expect("write");
+    }
+    let chain = dir.path().join("chain.toml");
+    std::fs::write(
+        &chain,
+        "[[stages]]\ntype = \"prompt-policy\"\n[[stages]]\ntype = \"provenance\"\n",
+    )
+    .expect("write");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let args = InpaintArgs::parse([
+        "--image".into(),
+        path("image.png"),
+        "--mask".into(),
+        path("mask.png"),
+        "--prompt".into(),
+        job["prompt"].as_str().expect("prompt").to_owned(),
+        "--output".into(),
+        path("out.png"),
+        "--steps".into(),
+        "2".into(),
+        "--seed".into(),
+        "11".into(),
+        "--job-id".into(),
+        job_id(&job).to_string(),
+        "--chain".into(),
+        chain.display().to_string(),
+        "--allow-unsafe-chain".into(),
+        "--device".into(),
+        "cpu".into(),
+    ])
+    .expect("arguments");
+    let (written, local) = inpaint(&args).await.expect("inpaint");
+    let bytes = std::fs::read(&written[0]).expect("read");
+    let stored = world
+        .storage
+        .get(&result.outputs[0].uri, None)
+        .await
+        .expect("worker output");
+    assert!(
+        bytes == stored.bytes.as_ref(),
+        "inpaint and the worker wrote different bytes"
+    );
+    assert_eq!(local.outputs[0].sha256, result.outputs[0].sha256);
+    assert!(
+        bytes
+            .windows(b"provenance.job_id".len())
+            .any(|w| w == b"provenance.job_id"),
+        "provenance in the file"
+    );
+}

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use inpaint_engine::DeviceSpec;
 use inpaint_queue::BrokerConfig;
 use inpaint_storage::{S3Config, StorageConfig};
-use inpaint_worker::inpaint_cli::{InpaintArgs, run_inpaint};
+use inpaint_worker::inpaint_cli::{InpaintArgs, inpaint, result_path};
 use inpaint_worker::settings::{LogFormat, Settings};
 use inpaint_worker::smoke::{SmokeSettings, run_smoke};
 use inpaint_worker::submit::{SubmitRequest, submit};
@@ -59,7 +59,7 @@ enum Command {
     },
     /// Print the JSON Schemas of the job and result messages.
     Schema,
-    /// Inpaint local files without a broker: the worker's per-job code path and plugin chain.
+    /// Inpaint local files without a broker: the worker's job flow, chain rules and encoder.
     Inpaint(Box<InpaintArgs>),
     /// Embed or detect the invisible watermark (dwtDct, as the invisible-watermark package).
     Watermark {
@@ -156,11 +156,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Inpaint(args) => {
             init_tracing(LogFormat::Text, "");
-            let args = *args;
-            let written = tokio::task::spawn_blocking(move || run_inpaint(&args)).await??;
+            let (written, _) = inpaint(&args).await?;
             for path in written {
                 println!("{}", path.display());
             }
+            println!("{}", result_path(&args.output).display());
         }
         Command::Watermark { action } => inpaint_worker::watermark_cli::run(action)?,
         Command::Smoke {
