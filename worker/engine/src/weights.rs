@@ -4,10 +4,16 @@
 //! problems (missing names, wrong shapes) are collected rather than raised at the first one, and
 //! [`WeightStore::finish`] reports all of them together with the names the file had but the
 //! architecture did not use. A model therefore loads completely or fails with the full list.
+//!
+//! A file is not read whole: [`WeightStore::open`] reads only the safetensors header (names,
+//! dtypes, shapes, offsets), and each tensor's bytes are read when a model asks for it, straight
+//! into that tensor, then converted. Peak host memory while loading is therefore the loaded
+//! model plus one tensor, not the file plus the model (`examples/load_rss.rs` measures it).
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
@@ -18,7 +24,9 @@ use crate::EngineError;
 #[derive(Debug)]
 pub struct WeightStore {
     source: PathBuf,
-    tensors: HashMap<String, Tensor>,
+    tensors: HashMap<String, Stored>,
+    /// The open file that [`Stored::InFile`] entries are read from.
+    file: Option<RefCell<std::fs::File>>,
     used: RefCell<BTreeSet<String>>,
     problems: RefCell<Vec<String>>,
     kind: Kind,
@@ -40,14 +48,59 @@ impl WeightStore {
                 path.display()
             )));
         }
-        let tensors = Tensor::read_safetensors(path)
-            .map_err(|e| EngineError::Model(format!("{}: {e}", path.display())))?;
-        Ok(Self::from_tensors(
-            path.to_path_buf(),
+        let bad = |message: String| EngineError::Model(format!("{}: {message}", path.display()));
+        let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+        let file_len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
+        let mut len_bytes = [0u8; 8];
+        file.read_exact(&mut len_bytes)
+            .map_err(|e| bad(format!("safetensors header length: {e}")))?;
+        let header_len = u64::from_le_bytes(len_bytes);
+        if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
+            return Err(bad(format!(
+                "safetensors header length {header_len} does not fit the file ({file_len} bytes)"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header)
+            .map_err(|e| bad(format!("safetensors header: {e}")))?;
+        let header: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| bad(format!("safetensors header: {e}")))?;
+        let data_start = 8 + header_len;
+        let mut tensors = HashMap::with_capacity(header.len());
+        for (name, entry) in header {
+            if name == "__metadata__" {
+                continue;
+            }
+            let stored = FileEntry::parse(&entry, data_start, file_len)
+                .map_err(|message| bad(format!("tensor {name}: {message}")))?;
+            tensors.insert(name, Stored::InFile(stored));
+        }
+        Ok(Self {
+            source: path.to_path_buf(),
             tensors,
+            file: Some(RefCell::new(file)),
+            used: RefCell::new(BTreeSet::new()),
+            problems: RefCell::new(Vec::new()),
             kind,
             device,
-        ))
+        })
+    }
+
+    /// The tensor `name` as stored (read from the file now when it is there).
+    fn materialize(&self, name: &str, entry: &Stored) -> Result<Tensor, String> {
+        match entry {
+            Stored::Memory(t) => Ok(t.shallow_clone()),
+            Stored::InFile(e) => {
+                let file = self.file.as_ref().ok_or("no file")?;
+                let mut file = file.borrow_mut();
+                let mut bytes = vec![0u8; (e.end - e.begin) as usize];
+                file.seek(SeekFrom::Start(e.begin))
+                    .and_then(|_| file.read_exact(&mut bytes))
+                    .map_err(|err| format!("{name}: reading {} bytes: {err}", bytes.len()))?;
+                Tensor::f_from_data_size(&bytes, &e.shape, e.kind)
+                    .map_err(|err| format!("{name}: {err}"))
+            }
+        }
     }
 
     /// A store over tensors already in memory (from a single-file checkpoint, say).
@@ -59,7 +112,11 @@ impl WeightStore {
     ) -> Self {
         Self {
             source,
-            tensors: tensors.into_iter().collect(),
+            tensors: tensors
+                .into_iter()
+                .map(|(name, t)| (name, Stored::Memory(t)))
+                .collect(),
+            file: None,
             used: RefCell::new(BTreeSet::new()),
             problems: RefCell::new(Vec::new()),
             kind,
@@ -113,6 +170,75 @@ impl WeightStore {
     }
 }
 
+/// A tensor of a store: in memory, or where it lies in the open file.
+#[derive(Debug)]
+enum Stored {
+    Memory(Tensor),
+    InFile(FileEntry),
+}
+
+impl Stored {
+    fn shape(&self) -> Vec<i64> {
+        match self {
+            Self::Memory(t) => t.size(),
+            Self::InFile(e) => e.shape.clone(),
+        }
+    }
+}
+
+/// One safetensors header entry: dtype, shape and absolute byte range in the file.
+#[derive(Debug)]
+struct FileEntry {
+    kind: Kind,
+    shape: Vec<i64>,
+    begin: u64,
+    end: u64,
+}
+
+impl FileEntry {
+    fn parse(entry: &serde_json::Value, data_start: u64, file_len: u64) -> Result<Self, String> {
+        let dtype = entry.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
+        let kind = match dtype {
+            "F32" => Kind::Float,
+            "F16" => Kind::Half,
+            "BF16" => Kind::BFloat16,
+            "F64" => Kind::Double,
+            "I64" => Kind::Int64,
+            "I32" => Kind::Int,
+            "I16" => Kind::Int16,
+            "I8" => Kind::Int8,
+            "U8" => Kind::Uint8,
+            "BOOL" => Kind::Bool,
+            other => return Err(format!("unsupported dtype {other}")),
+        };
+        let shape: Vec<i64> = entry
+            .get("shape")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .ok_or("no shape")?;
+        let offsets: Vec<u64> = entry
+            .get("data_offsets")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .ok_or("no data_offsets")?;
+        let [begin, end] = offsets[..] else {
+            return Err(format!("data_offsets {offsets:?}"));
+        };
+        let numel: i64 = shape.iter().product();
+        let expected =
+            u64::try_from(numel).map_err(|_| "negative shape")? * kind.elt_size_in_bytes() as u64;
+        if end < begin || end - begin != expected || data_start + end > file_len {
+            return Err(format!(
+                "data_offsets {begin}..{end} do not hold {shape:?} {dtype} within the file"
+            ));
+        }
+        Ok(Self {
+            kind,
+            shape,
+            begin: data_start + begin,
+            end: data_start + end,
+        })
+    }
+}
+
 /// A name scope inside a [`WeightStore`] (`down_blocks.0.resnets.1` and so on).
 #[derive(Clone, Debug)]
 pub struct Weights<'a> {
@@ -153,7 +279,7 @@ impl<'a> Weights<'a> {
     pub fn get(&self, name: &str, shape: &[i64]) -> Tensor {
         let full = self.full_name(name);
         let placeholder = || Tensor::zeros(shape, (self.store.kind, self.store.device));
-        let Some(tensor) = self.store.tensors.get(&full) else {
+        let Some(entry) = self.store.tensors.get(&full) else {
             self.store
                 .problems
                 .borrow_mut()
@@ -161,14 +287,20 @@ impl<'a> Weights<'a> {
             return placeholder();
         };
         self.store.used.borrow_mut().insert(full.clone());
-        if tensor.size() != shape {
+        if entry.shape() != shape {
             self.store.problems.borrow_mut().push(format!(
                 "{full}: shape {:?} in the file, {shape:?} expected",
-                tensor.size()
+                entry.shape()
             ));
             return placeholder();
         }
-        tensor.to_device(self.store.device).to_kind(self.store.kind)
+        match self.store.materialize(&full, entry) {
+            Ok(tensor) => tensor.to_device(self.store.device).to_kind(self.store.kind),
+            Err(message) => {
+                self.store.problems.borrow_mut().push(message);
+                placeholder()
+            }
+        }
     }
 
     /// Like [`Weights::get`] for tensors that an architecture may or may not have.
@@ -232,6 +364,31 @@ mod tests {
         assert!(err.contains("missing conv.bias [8]"), "{err}");
         assert!(err.contains("extra.weight"), "{err}");
         assert!(!err.contains("position_ids"), "{err}");
+    }
+
+    #[test]
+    fn file_tensors_are_read_on_demand_and_a_truncated_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.safetensors");
+        let a = Tensor::arange(6, (Kind::Float, Device::Cpu)).reshape([2, 3]);
+        let b = Tensor::ones([4], (Kind::Half, Device::Cpu));
+        Tensor::write_safetensors(&[("a", &a), ("b", &b)], &path).expect("write");
+        let store = WeightStore::open(&path, Kind::Double, Device::Cpu).expect("open");
+        let got = store.root().get("a", &[2, 3]);
+        assert_eq!(got.kind(), Kind::Double);
+        assert!(got.to_kind(Kind::Float).equal(&a));
+        let err = store.finish(&[]).expect_err("b unused").to_string();
+        assert!(err.contains("1 tensor(s)") && err.contains('b'), "{err}");
+
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).expect("truncate");
+        let err = WeightStore::open(&path, Kind::Float, Device::Cpu)
+            .expect_err("truncated")
+            .to_string();
+        assert!(
+            err.contains("data_offsets") && err.contains("w.safetensors"),
+            "{err}"
+        );
     }
 
     #[test]
