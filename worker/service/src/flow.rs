@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use image::{GrayImage, RgbImage};
-use inpaint_job::{ErrorCode, InpaintJob, InpaintResult, JobId, JobStatus, WorkerInfo};
+use inpaint_job::{
+    ChainLimits, ErrorCode, InpaintJob, InpaintResult, JobId, JobStatus, WorkerInfo,
+};
 use inpaint_plugin_api::{Chain, JobContext};
 use inpaint_storage::ObjectRef;
 use tokio::sync::Semaphore;
@@ -68,6 +70,7 @@ pub struct JobFlow {
     cancels: Cancellations,
     slots: Semaphore,
     worker: WorkerInfo,
+    chain_limits: ChainLimits,
     clock: Clock,
 }
 
@@ -89,6 +92,20 @@ pub fn missing_required_stages(stages: &[inpaint_stages::StageConfig]) -> Vec<St
         .filter(|kind| !stages.iter().any(|s| s.kind_name() == **kind))
         .map(|kind| (*kind).to_owned())
         .collect()
+}
+
+/// What the configured chain needs of an output: the watermark refuses images under
+/// 256 × 256 pixels unless told to skip them.
+pub fn chain_limits(stages: &[inpaint_stages::StageConfig]) -> ChainLimits {
+    #[cfg(feature = "stage-watermark")]
+    if stages.iter().any(|stage| {
+        matches!(stage, inpaint_stages::StageConfig::Watermark(config)
+            if matches!(config.small_images, inpaint_watermark::SmallImages::Refuse))
+    }) {
+        return ChainLimits::default_chain();
+    }
+    let _ = stages;
+    ChainLimits::default()
 }
 
 /// What the inputs step found: an earlier delivery's stored result, or inputs to compute.
@@ -119,6 +136,7 @@ impl JobFlow {
             cancels: Cancellations::default(),
             slots: Semaphore::new(settings.concurrency.in_flight),
             worker,
+            chain_limits: chain_limits(&settings.chain.stages),
             clock: system_clock(),
         }
     }
@@ -217,6 +235,7 @@ impl JobFlow {
             job.metadata.clone(),
         );
         result.prompt_truncated = made.prompt_truncated;
+        result.request_sha256 = Some(job.request_sha256());
         result.outputs = self.store(job, outputs, timings).await?;
         self.write_manifest(job, result, timings).await
     }
@@ -242,6 +261,9 @@ impl JobFlow {
                 ));
             }
         }
+        let refused = |e: inpaint_job::JobError| JobFailure::from(&e);
+        job.check_output_not_input().map_err(refused)?;
+        job.check_limits(&self.chain_limits).map_err(refused)?;
         let first_output = job.output_key(0).map_err(|e| JobFailure::from(&e))?;
         if !allowed(&first_output, &allow.write_buckets, &allow.write_prefixes) {
             return Err(JobFailure::permanent(

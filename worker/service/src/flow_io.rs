@@ -39,6 +39,10 @@ impl JobFlow {
         if result.status != JobStatus::Succeeded {
             return Ok(None);
         }
+        // A job_id reused for another request is refused, not answered with the old result.
+        result
+            .check_same_request(job)
+            .map_err(|e| JobFailure::from(&e))?;
         for output in &result.outputs {
             if self.storage.size_of(&output.uri).await?.is_none() {
                 return Ok(None);
@@ -103,6 +107,15 @@ impl JobFlow {
                             image.height()
                         ),
                     ));
+                }
+                // Without an explicit size or a crop the output has the input's size: only now
+                // known, so only now checked against what the chain can serve.
+                let p = &job.params;
+                if p.width.is_none() && p.height.is_none() && p.crop_to_mask.is_none() {
+                    let (w, h) = image.dimensions();
+                    self.chain_limits
+                        .check_size("image", w, h)
+                        .map_err(|e| JobFailure::from(&e))?;
                 }
                 Inputs {
                     image: Some(image),

@@ -245,6 +245,53 @@ async fn admission_refusals_come_before_any_download_or_inference() {
 }
 
 #[tokio::test]
+async fn the_contracts_admission_rules_refuse_before_inference() {
+    let bench = bench().await;
+    // An output (or the manifest) on top of an input.
+    for (index, key) in [(0, "out/0.png"), (1, "out/result.json")] {
+        let mut job = bench.job(|_| {}).await;
+        let target = if index == 0 {
+            job.output_key(0).expect("key")
+        } else {
+            manifest_ref(&job).expect("manifest")
+        };
+        job.mask = Some(target);
+        let failure = bench.run(&job).await.expect_err("refused");
+        assert_eq!(
+            failure.code,
+            ErrorCode::OutputOverwritesInput,
+            "{key}: {failure}"
+        );
+    }
+    // A job_id reused for another request.
+    let first = bench.job(|_| {}).await;
+    let result = bench.run(&first).await.expect("first");
+    assert_eq!(result.request_sha256, Some(first.request_sha256()));
+    let mut other = first.clone();
+    other.prompt = "a blue bicycle".into();
+    let failure = bench.run(&other).await.expect_err("conflict");
+    assert_eq!(failure.code, ErrorCode::JobIdConflict, "{failure}");
+    assert_eq!(bench.calls.load(Ordering::SeqCst), 1);
+
+    // A chain whose watermark refuses small images: sizes known up front and after decoding.
+    let mut small = settings();
+    small.chain.stages = vec![inpaint_stages::StageConfig::Watermark(Default::default())];
+    let bench = bench_with(small, now()).await;
+    let sized = bench
+        .job(|j| {
+            j["params"]["width"] = 64.into();
+            j["params"]["height"] = 64.into();
+        })
+        .await;
+    let decoded = bench.job(|_| {}).await;
+    for job in [sized, decoded] {
+        let failure = bench.run(&job).await.expect_err("too small");
+        assert_eq!(failure.code, ErrorCode::UnsupportedByChain, "{failure}");
+    }
+    assert_eq!(bench.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn cancelled_and_drained_jobs_never_reach_the_engine() {
     let bench = bench().await;
     let job = bench.job(|_| {}).await;
