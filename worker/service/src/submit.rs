@@ -1,5 +1,7 @@
 //! `inpaint-worker submit`: publishes one job from the command line (uploading local image and
-//! mask files first when given paths), and optionally waits for its result.
+//! mask files first when given paths), and optionally waits for its result. It declares the
+//! jobs topology first (idempotently, with the worker's arguments), so it works whether or not a
+//! worker has started.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -112,6 +114,22 @@ pub async fn submit(
 
     let broker = settings.broker.connect().await?;
     let publisher = broker.publisher().await?;
+    // A producer must not depend on a worker having started first: declare the jobs topology
+    // exactly as the worker does (same names and arguments, so it is a no-op when it exists),
+    // else the publish is unroutable (NO_ROUTE) on a broker no worker has touched yet.
+    crate::topology::declare(
+        publisher.channel(),
+        &settings.topology,
+        settings.retry.max_attempts,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "declaring the jobs topology (queue {:?}) before publishing; a PRECONDITION_FAILED \
+             here means the queue exists with other arguments than [topology] and [retry] say",
+            settings.topology.jobs_queue
+        )
+    })?;
     // Both timestamps, so the worker's queue-wait metric has millisecond resolution.
     let now = chrono::Utc::now();
     let mut headers = FieldTable::default();
