@@ -142,6 +142,10 @@ impl Inference for PassThrough {
     }
 }
 
+/// The model id results report for `engine.model = "embedded-tiny"`: the name of the parity
+/// fixture it is built from (`tests/parity/fixtures/models/tiny-sd-a`).
+pub const EMBEDDED_TINY_ID: &str = "tiny-sd-a";
+
 /// The Stable Diffusion inpainting pipeline on libtorch.
 #[derive(Debug)]
 pub struct TchEngine {
@@ -164,14 +168,18 @@ impl TchEngine {
         };
         let pipeline = InpaintPipeline::load(&folder, &options)
             .map_err(|e| InferenceError::Failed(e.to_string()))?;
-        let id = if config.model_id.is_empty() {
+        let id = if !config.model_id.is_empty() {
+            config.model_id.clone()
+        } else if config.model == crate::settings::EMBEDDED_TINY {
+            // Its files are written to a cache folder named after their digest; results name
+            // the model, not the folder.
+            EMBEDDED_TINY_ID.to_owned()
+        } else {
             folder
                 .canonicalize()
                 .ok()
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_else(|| config.model.clone())
-        } else {
-            config.model_id.clone()
         };
         let weights_sha256 =
             weights_sha256(&folder).map_err(|e| InferenceError::Failed(e.to_string()))?;
