@@ -17,11 +17,12 @@
 //!   engine and the dedicated inference thread.
 //! - [`images`]: decoding within limits, fitting to the output size, encoding.
 //! - [`store`]: [`store::ObjectStorage`], the object operations the runner needs.
-//! - [`cancel`]: cancel requests shared between the cancel consumer and running jobs.
+//! - [`cancel`]: cancel requests shared between the cancel consumer and running jobs; each
+//!   running job's `CancellationToken` is a child of the session's stop token.
 //! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`; [`gpu`]: GPU memory via NVML.
 //! - [`submit`]: `inpaint-worker submit`, publishing a job from the command line.
-//! - [`inpaint_cli`]: `inpaint-worker inpaint`, one job on local files through the same
-//!   engine code path and plugin chain, without a broker.
+//! - [`inpaint_cli`]: `inpaint-worker inpaint`, one job on local files through the worker's
+//!   [`flow::JobFlow`] (same chain rules, encoder, provenance, signing, result), no broker.
 //! - [`watermark_cli`]: `inpaint-worker watermark`, embed or detect the invisible watermark.
 //! - [`smoke`]: `inpaint-worker smoke`, one round trip through every external dependency the
 //!   worker has (RabbitMQ with publisher confirms and manual ack, S3, libtorch), for checking a
