@@ -11,10 +11,16 @@ use image::codecs::webp::WebPEncoder;
 use image::{ImageEncoder, ImageReader, RgbImage};
 use inpaint_job::{ErrorCode, OutputFormat};
 
+// The EXIF-orientation module lives beside this file; declared here so that its only caller
+// owns it.
+#[path = "orientation.rs"]
+pub mod orientation;
+
 use crate::error::JobFailure;
 use crate::settings::{Settings, SettingsError};
 
-/// Decodes an image, refusing one with more than `max_pixels` pixels from its header alone.
+/// Decodes an image, refusing one with more than `max_pixels` pixels from its header alone, and
+/// turns it upright as its EXIF orientation says ([`orientation`]).
 pub fn decode_rgb(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage, JobFailure> {
     let undecodable = |e: image::ImageError| {
         JobFailure::permanent(ErrorCode::UndecodableImage, format!("{what}: {e}"))
@@ -39,7 +45,9 @@ pub fn decode_rgb(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage,
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
     limited.limits(limits);
-    Ok(limited.decode().map_err(undecodable)?.to_rgb8())
+    Ok(orientation::decode_upright(limited)
+        .map_err(undecodable)?
+        .to_rgb8())
 }
 
 /// Provenance to write into an output file: the provenance stage's fields (PNG text chunks; the
