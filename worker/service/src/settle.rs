@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::error::Action;
 use crate::metrics::Metrics;
-use crate::topology::{self, ATTEMPT_HEADER, ERROR_HEADER, TopologyConfig};
+use crate::topology::{self, ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, ERROR_HEADER, TopologyConfig};
 
 /// Header on result messages naming the required stages this worker runs without.
 pub const UNSAFE_CHAIN_HEADER: &str = "x-inpaint-unsafe-chain";
@@ -192,9 +192,25 @@ pub async fn carry_out(
 }
 
 /// The job as republished to the delay queue: next attempt number, the error, and the delay
-/// as the message's expiration.
+/// as the message's expiration. The attempt header is the only count the worker carries
+/// forward: `received.attempt` already includes this delivery's broker redeliveries, so the
+/// broker's `x-delivery-count` is dropped — copied, it would stay on the new message (a fresh
+/// copy the queue has not redelivered gets no header of its own) and be added again on every
+/// later delivery.
 fn retry_properties(received: Received<'_>, message: &str, after: Duration) -> BasicProperties {
-    let mut headers = received.properties.headers().clone().unwrap_or_default();
+    let mut headers: FieldTable = received
+        .properties
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .filter(|(name, _)| name.as_str() != DELIVERY_COUNT_HEADER)
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into()
+        })
+        .unwrap_or_default();
     headers.insert(
         ATTEMPT_HEADER.into(),
         AMQPValue::LongLongInt(i64::from(received.attempt) + 1),

@@ -326,3 +326,115 @@ async fn a_final_action_without_a_result_is_an_error_not_a_silent_ack() {
         assert!(recorder.events().is_empty());
     }
 }
+
+/// The broker as far as attempt counting goes: one message copy in the jobs queue, with the
+/// headers its publisher set and the quorum queue's count of its redeliveries (written into
+/// `x-delivery-count` only once the copy has been redelivered; a fresh copy keeps whatever
+/// header it was published with).
+struct Copy {
+    headers: FieldTable,
+    redeliveries: u32,
+}
+
+impl Copy {
+    fn delivered(&self) -> BasicProperties {
+        let mut headers = self.headers.clone();
+        if self.redeliveries > 0 {
+            headers.insert(
+                DELIVERY_COUNT_HEADER.into(),
+                AMQPValue::LongLongInt(i64::from(self.redeliveries)),
+            );
+        }
+        BasicProperties::default().with_headers(headers)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fate {
+    /// The worker dies with the job: the broker redelivers the same copy.
+    Crash,
+    /// The job fails transiently: the worker decides, and retries through the delay queue.
+    Transient,
+}
+
+/// Every sequence of crashes and transient failures (up to `max_attempts + 2` deliveries):
+/// delivery n is attempt n exactly, and a transient failure is retried until attempt
+/// `max_attempts`, then dead-lettered.
+#[tokio::test]
+async fn attempts_count_each_delivery_once_through_crashes_and_retries() {
+    let retry = crate::settings::RetryConfig {
+        max_attempts: 4,
+        ..Default::default()
+    };
+    let topology = TopologyConfig::with_prefix("t");
+    let metrics = Metrics::default();
+    let settling = Settling {
+        topology: &topology,
+        unsafe_chain: &[],
+        metrics: &metrics,
+    };
+    let length = retry.max_attempts as usize + 2;
+    let mut checked = 0;
+    for bits in 0u32..(1 << length) {
+        let fates: Vec<Fate> = (0..length)
+            .map(|i| {
+                if bits & (1 << i) == 0 {
+                    Fate::Crash
+                } else {
+                    Fate::Transient
+                }
+            })
+            .collect();
+        let mut copy = Copy {
+            headers: FieldTable::default(),
+            redeliveries: 0,
+        };
+        for (n, fate) in fates.iter().enumerate() {
+            let properties = copy.delivered();
+            let attempt = crate::runner::attempt_of(&properties);
+            assert_eq!(attempt as usize, n + 1, "delivery {} of {fates:?}", n + 1);
+            checked += 1;
+            match fate {
+                Fate::Crash => copy.redeliveries += 1,
+                Fate::Transient => {
+                    let failure = JobFailure::transient(ErrorCode::StorageUnavailable, "503");
+                    let action = crate::error::action_for(Err(&failure), attempt, &retry);
+                    if attempt >= retry.max_attempts {
+                        assert_eq!(action, Action::DeadLetter, "{fates:?}");
+                        break;
+                    }
+                    assert!(matches!(action, Action::Retry { .. }), "{fates:?}");
+                    let recorder = Recorder::default();
+                    let received = Received {
+                        data: b"{}",
+                        properties: &properties,
+                        attempt,
+                    };
+                    carry_out(
+                        &settling,
+                        &recorder,
+                        &recorder,
+                        received,
+                        action,
+                        Answer::Nothing("503".into()),
+                    )
+                    .await
+                    .expect("retried");
+                    let Some(Event::Publish {
+                        headers: Some(headers),
+                        ..
+                    }) = recorder.events().first().cloned()
+                    else {
+                        panic!("no republish: {:?}", recorder.events());
+                    };
+                    // Through the delay queue into the jobs queue: a new copy.
+                    copy = Copy {
+                        headers,
+                        redeliveries: 0,
+                    };
+                }
+            }
+        }
+    }
+    assert!(checked > 1 << length, "{checked}");
+}
