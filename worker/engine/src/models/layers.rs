@@ -22,9 +22,25 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        // On the CPU, a matmul with one or two rows per sample (the UNet's deepest attention at
+        // small sizes) takes another kernel than the same rows inside a taller batch matrix, so
+        // a sample's bits would depend on its batch; from 4 rows on they do not (probed over SD
+        // shapes, tests/batch_parity.rs). Such tiny products run per sample: same bits alone and
+        // batched, at negligible cost.
+        let size = x.size();
+        if x.device() == tch::Device::Cpu && size.len() == 3 && size[0] > 1 && size[1] < FEW_ROWS {
+            let rows: Vec<Tensor> = (0..size[0])
+                .map(|i| x.get(i).linear(&self.weight, self.bias.as_ref()))
+                .collect();
+            return Tensor::stack(&rows, 0);
+        }
         x.linear(&self.weight, self.bias.as_ref())
     }
 }
+
+/// Rows per sample below which [`Linear`] multiplies sample by sample on the CPU (differences
+/// were seen at 1 and 2 rows; 8 leaves a margin).
+const FEW_ROWS: i64 = 8;
 
 /// Whether libtorch has oneDNN (MKL-DNN) for CPU convolutions.
 fn mkldnn_available() -> bool {
