@@ -71,10 +71,12 @@ def check(wanted, worker, rabbitmq):
     for name, labels in sorted(wanted.items()):
         scrape_ = rabbitmq if name.startswith("rabbitmq_") else worker
         if name.startswith("inpaint_gpu_") and not gpu_live:
-            if name in source:
-                notes.append(f"{name}: no GPU on this machine, found in the worker's source only")
+            # Without a GPU: the name, and each label as the worker writes it (`gpu="`), in the source.
+            missing = [l for l in sorted(labels) if f'{l}=\\"' not in source]
+            if name in source and not missing:
+                notes.append(f"{name}: no GPU on this machine, found (with its labels) in the worker's source only")
             else:
-                bad.append(f"{name}: not in the worker's source (and no GPU to scrape)")
+                bad.append(f"{name}: not in the worker's source with labels {missing} (and no GPU to scrape)")
             continue
         if name not in scrape_:
             bad.append(f"{name}: not in the {'RabbitMQ' if scrape_ is rabbitmq else 'worker'} scrape")

@@ -128,7 +128,7 @@ wait_healthy 3 180
 step "scaled to 3 workers"
 run_producer producer-python --count 30 --settle 10 --summary /out/summary.json > "$work/batch.log" 2>&1 &
 batch=$!
-for _ in $(seq 300); do
+for _ in $(seq 1500); do   # up to 5 minutes for the first 3 results
   [ "$(grep -c '^result ' "$work/batch.log" || true)" -ge 3 ] && break
   kill -0 "$batch" 2>/dev/null || break
   sleep 0.2
