@@ -45,6 +45,8 @@ pub mod settle;
 pub mod smoke;
 pub mod store;
 pub mod submit;
+#[cfg(test)]
+mod test_log;
 pub mod topology;
 pub mod watermark_cli;
 

@@ -97,7 +97,9 @@ enum Command {
 fn init_tracing(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         if filter.is_empty() {
-            "info".into()
+            // lapin logs a lost connection at ERROR from its I/O loop; the same failure reaches
+            // the worker as an Err, which it handles (reconnects) and logs once per outage.
+            "info,lapin=off".into()
         } else {
             filter.into()
         }

@@ -35,13 +35,13 @@ use crate::topology::{self, ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, TIMESTAMP_MS_
 
 /// Fewest milliseconds between two progress events of one job.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
-/// First wait before reconnecting to the broker; doubles per failed session up to
-/// [`MAX_BACKOFF`], and starts again after a session that lasted [`STABLE_SESSION`].
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-/// Longest wait between two reconnection attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A session that lasted this long resets the backoff.
-pub const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// First wait before reconnecting to the broker; doubles per failed attempt up to
+/// [`MAX_BACKOFF`] and starts again after a session that connected.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between two reconnection attempts. Short on purpose: while the broker is down
+/// an attempt costs one refused TCP connection, and a longer cap is how long workers sit idle
+/// after it comes back (they did for 12–30 s with a 30 s cap).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Runs the worker until `shutdown` completes: builds its parts from `settings`, then
 /// [`run_with`].
@@ -125,10 +125,10 @@ async fn serve(
     );
     // One token for the whole shutdown: sessions stop consuming and drain when it fires.
     let stopping = CancellationToken::new();
-    let sessions = reconnecting(stopping.clone(), |stopping| {
+    let sessions = reconnecting(stopping.clone(), |stopping, link| {
         let runner = Arc::clone(&runner);
         async move {
-            let outcome = session(&runner, stopping).await;
+            let outcome = session(&runner, stopping, link).await;
             runner.ready.store(false, Ordering::SeqCst);
             outcome
         }
@@ -148,31 +148,80 @@ async fn serve(
     Ok(())
 }
 
+/// What a session tells [`reconnecting`]: that it is connected and consuming. It ends the
+/// current outage (logged at info with its length) and resets the backoff.
+#[derive(Clone, Debug, Default)]
+pub struct Link {
+    outage: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    up: Arc<AtomicBool>,
+}
+
+impl Link {
+    /// The session is connected and consuming.
+    pub fn connected(&self) {
+        self.up.store(true, Ordering::SeqCst);
+        let since = self.outage.lock().map(|mut o| o.take()).unwrap_or_default();
+        if let Some(since) = since {
+            tracing::info!(
+                down_ms = since.elapsed().as_millis() as u64,
+                "reconnected to the broker"
+            );
+        }
+    }
+}
+
 /// Runs `session` until it ends cleanly or `stopping` is cancelled, waiting between failed
-/// sessions: [`FIRST_BACKOFF`], doubling up to [`MAX_BACKOFF`], reset by a session that lasted
-/// [`STABLE_SESSION`]. Generic over the session so that a paused-clock test can drive it.
+/// sessions: [`FIRST_BACKOFF`], doubling up to [`MAX_BACKOFF`], each wait jittered down to
+/// half (so that a fleet does not reconnect in lockstep), reset by a session that connected.
+/// An outage is logged once at warn; the further refused attempts of the same outage at debug
+/// (the broker being down is expected and handled here, not an error). Generic over the
+/// session so that a paused-clock test can drive it.
 pub async fn reconnecting<F, Fut, E>(stopping: CancellationToken, mut session: F)
 where
-    F: FnMut(CancellationToken) -> Fut,
+    F: FnMut(CancellationToken, Link) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    let link = Link::default();
     let mut backoff = FIRST_BACKOFF;
+    let mut tries: u64 = 0;
     loop {
-        let started = tokio::time::Instant::now();
-        let Err(e) = session(stopping.clone()).await else {
+        let Err(e) = session(stopping.clone(), link.clone()).await else {
             return;
         };
-        if started.elapsed() > STABLE_SESSION {
+        if link.up.swap(false, Ordering::SeqCst) {
             backoff = FIRST_BACKOFF;
         }
-        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
+        tries += 1;
+        let wait = jittered(backoff, tries);
+        let new_outage = match link.outage.lock() {
+            Ok(mut outage) if outage.is_none() => {
+                *outage = Some(tokio::time::Instant::now());
+                true
+            }
+            _ => false,
+        };
+        if new_outage {
+            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker connection lost; reconnecting");
+        } else {
+            tracing::debug!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker still unreachable");
+        }
         tokio::select! {
             () = stopping.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(wait) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// `backoff` scaled into (backoff/2, backoff] by a per-process random hash of `nonce`.
+fn jittered(backoff: Duration, nonce: u64) -> Duration {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let hash = SEED.get_or_init(Default::default).hash_one(nonce);
+    let fraction = 0.5 + 0.5 * ((hash % 1_000) + 1) as f64 / 1_000.0;
+    backoff.mul_f64(fraction)
 }
 
 /// The tokens one session's jobs watch: `draining` when shutdown begins (jobs waiting for a
@@ -186,7 +235,11 @@ struct Stops {
 
 /// One broker connection's life: declare, consume, dispatch, drain. Ok(()) after a clean
 /// shutdown.
-async fn session(runner: &Arc<Runner>, stopping: CancellationToken) -> Result<(), QueueError> {
+async fn session(
+    runner: &Arc<Runner>,
+    stopping: CancellationToken,
+    link: Link,
+) -> Result<(), QueueError> {
     let settings = &runner.settings;
     let broker = settings.broker.connect().await?;
     let control = broker.channel().await?;
@@ -212,6 +265,7 @@ async fn session(runner: &Arc<Runner>, stopping: CancellationToken) -> Result<()
         .map_err(amqp("starting the jobs consumer"))?;
     let consumer_tag = jobs.tag().to_string();
     runner.ready.store(true, Ordering::SeqCst);
+    link.connected();
     tracing::info!(queue = %settings.topology.jobs_queue, "consuming jobs");
 
     let stops = Stops::default();
@@ -548,31 +602,78 @@ mod tests {
         assert_eq!(queue_wait(&ahead, now), Some(Duration::ZERO));
     }
 
+    /// Broker outages of every length from 0 to 120 s, starting at different points of the
+    /// backoff: the worker is connected again within [`MAX_BACKOFF`] of the broker coming back,
+    /// every wait is within (backoff/2, backoff], and a connected session resets the backoff.
     #[tokio::test(start_paused = true)]
-    async fn reconnect_backoff_doubles_to_its_cap_and_resets_after_a_stable_session() {
+    async fn reconnects_within_a_second_of_the_broker_coming_back() {
         use std::sync::Mutex;
+        for down_ms in (0..=120_000u64)
+            .step_by(7_919)
+            .chain([150, 999, 1_001, 12_000])
+        {
+            let stopping = CancellationToken::new();
+            let started = tokio::time::Instant::now();
+            let back_at = Duration::from_millis(down_ms);
+            let calls: Arc<Mutex<Vec<Duration>>> = Arc::default();
+            let record = Arc::clone(&calls);
+            let stop = stopping.clone();
+            reconnecting(stopping, move |_, link| {
+                let record = Arc::clone(&record);
+                let stop = stop.clone();
+                async move {
+                    let now = started.elapsed();
+                    record.lock().expect("lock").push(now);
+                    if now < back_at {
+                        return Err("connection refused");
+                    }
+                    link.connected();
+                    stop.cancel();
+                    Ok(())
+                }
+            })
+            .await;
+            let at = calls.lock().expect("lock").clone();
+            let last = *at.last().expect("a session");
+            assert!(last >= back_at, "{down_ms}: {at:?}");
+            assert!(
+                last - back_at <= Duration::from_secs(1),
+                "down {down_ms} ms, reconnected at {last:?}: {at:?}"
+            );
+            let mut backoff = FIRST_BACKOFF;
+            for gap in at.windows(2).map(|w| w[1] - w[0]) {
+                assert!(
+                    gap > backoff / 2 && gap <= backoff,
+                    "{gap:?} vs {backoff:?}"
+                );
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// An outage is one WARN line however many attempts (~20) it takes, the refused attempts are
+    /// DEBUG, the reconnection INFO, and nothing is logged as ERROR.
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_logs_one_warning_and_one_reconnection() {
+        let (log, _guard) = crate::test_log::capture();
         let stopping = CancellationToken::new();
         let started = tokio::time::Instant::now();
-        // Each entry: how long the session lasts before it fails.
-        let script: Vec<Duration> = [0, 0, 0, 0, 0, 0, 0, 0, 0, 31, 0, 0]
-            .into_iter()
-            .map(Duration::from_secs)
-            .collect();
-        let calls: Arc<Mutex<Vec<Duration>>> = Arc::default();
-        let record = Arc::clone(&calls);
         let stop = stopping.clone();
-        reconnecting(stopping, move |_| {
-            let record = Arc::clone(&record);
+        let mut sessions = 0;
+        reconnecting(stopping, move |_, link| {
+            sessions += 1;
             let stop = stop.clone();
-            let lasts = script.get(record.lock().expect("lock").len()).copied();
             async move {
-                record.lock().expect("lock").push(started.elapsed());
-                match lasts {
-                    Some(lasts) => {
-                        tokio::time::sleep(lasts).await;
-                        Err("connection refused")
+                match sessions {
+                    // Up for a minute, then the broker is away for 20 s.
+                    1 => {
+                        link.connected();
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        Err("connection reset by peer")
                     }
-                    None => {
+                    _ if started.elapsed() < Duration::from_secs(80) => Err("connection refused"),
+                    _ => {
+                        link.connected();
                         stop.cancel();
                         Ok(())
                     }
@@ -580,21 +681,57 @@ mod tests {
             }
         })
         .await;
-        let at: Vec<u64> = calls
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|d| d.as_millis() as u64)
-            .collect();
-        let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
-        // 200 ms doubling to the 30 s cap; the 31 s session (its own length, then 200 ms)
-        // resets it.
-        assert_eq!(
-            gaps,
-            vec![
-                200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 31_200, 400, 800
-            ]
+        let warns = log.at("WARN");
+        let infos = log.at("INFO");
+        assert!(log.at("ERROR").is_empty(), "{:?}", log.lines());
+        assert!(log.at("DEBUG").len() > 10, "{:#?}", log.lines());
+        assert_eq!(warns.len(), 1, "{warns:?}");
+        assert_eq!(infos.len(), 1, "{infos:?}");
+        assert!(infos[0].contains("reconnected"), "{infos:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connected_session_resets_the_backoff() {
+        use std::sync::Mutex;
+        let stopping = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        // Sessions: refused ×5, connected for 10 s then lost, refused, then up for good.
+        let calls: Arc<Mutex<Vec<Duration>>> = Arc::default();
+        let record = Arc::clone(&calls);
+        let stop = stopping.clone();
+        reconnecting(stopping, move |_, link| {
+            let record = Arc::clone(&record);
+            let stop = stop.clone();
+            async move {
+                let n = {
+                    let mut calls = record.lock().expect("lock");
+                    calls.push(started.elapsed());
+                    calls.len()
+                };
+                match n {
+                    1..=5 | 7 => Err("connection refused"),
+                    6 => {
+                        link.connected();
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        Err("connection reset")
+                    }
+                    _ => {
+                        stop.cancel();
+                        Ok(())
+                    }
+                }
+            }
+        })
+        .await;
+        let at = calls.lock().expect("lock").clone();
+        let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps.len(), 7, "{at:?}");
+        // After the connected session: the first backoff again, not the cap.
+        assert!(
+            gaps[5] - Duration::from_secs(10) <= FIRST_BACKOFF,
+            "{gaps:?}"
         );
+        assert!(gaps[6] <= FIRST_BACKOFF * 2, "{gaps:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -607,13 +744,14 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             stop.cancel();
         });
-        reconnecting(stopping, |_| {
+        reconnecting(stopping, |_, _| {
             sessions += 1;
             async { Err::<(), _>("refused") }
         })
         .await;
-        // Sessions at 0, 0.2, 0.6, 1.4, 3.0 s; the 3.2 s wait after the fifth is cut at 5 s.
-        assert_eq!(sessions, 5);
+        // Every wait is at most the 1 s cap: at least 5 sessions in 5 s, and the loop ends
+        // at the shutdown, not after its wait.
+        assert!(sessions >= 5, "{sessions}");
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 }
