@@ -80,6 +80,13 @@ pub struct InpaintResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = SHA256_PATTERN))]
     pub request_sha256: Option<String>,
+
+    /// True when this delivery did not compute the job but answered it from the result an
+    /// earlier delivery stored (the worker died between publishing that result and the ack):
+    /// the outputs, their `sha256` and `request_sha256` are the earlier ones, so a producer may
+    /// receive the same job's result twice and deduplicates on `job_id`. Absent means false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
 }
 
 /// How a job ended. Every status is final for its delivery.
@@ -373,6 +380,7 @@ impl InpaintResult {
             metadata: BTreeMap::new(),
             finished_at,
             request_sha256: None,
+            replay: false,
         }
     }
 

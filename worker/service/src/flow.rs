@@ -215,6 +215,7 @@ impl JobFlow {
             Fetched::Answered(mut previous) => {
                 tracing::info!("outputs already written by an earlier delivery; not recomputing");
                 previous.attempt = run.attempt;
+                previous.replay = true;
                 return Ok(*previous);
             }
             Fetched::Fresh(inputs) => inputs,

@@ -171,6 +171,19 @@ async fn a_job_is_stored_with_its_manifest_and_a_redelivery_is_answered_from_it(
     assert_eq!(again.outputs, result.outputs);
     assert_eq!(again.attempt, 2);
     assert_eq!(bench.calls.load(Ordering::SeqCst), 1, "not recomputed");
+    // The computed result and the manifest say nothing of a replay; the answer from the
+    // manifest says it is one, on the wire too.
+    assert!(!result.replay && !stored.replay);
+    assert!(
+        again.replay,
+        "a redelivery answered from the manifest is a replay"
+    );
+    let wire: serde_json::Value =
+        serde_json::from_slice(&again.to_json().expect("json")).expect("parses");
+    assert_eq!(wire["replay"], serde_json::Value::Bool(true));
+    let computed: serde_json::Value =
+        serde_json::from_slice(&result.to_json().expect("json")).expect("parses");
+    assert!(computed.get("replay").is_none(), "{computed}");
 }
 
 #[tokio::test]
