@@ -320,7 +320,13 @@ impl InpaintPipeline {
                 "batch request {i} has other timesteps than request 0"
             )));
         }
-        let total = timesteps.len();
+        // Progress counts denoising steps, not UNet calls: PNDM repeats one timestep to warm up
+        // its multistep history (diffusers' PLMS), so its first `warm_up` calls report nothing.
+        let total = match items.first() {
+            Some(item) => denoising_steps(item.request),
+            None => 0,
+        };
+        let warm_up = timesteps.len().saturating_sub(total);
         for (step, &t) in timesteps.iter().enumerate() {
             if active.is_empty() {
                 break;
@@ -352,7 +358,9 @@ impl InpaintPipeline {
             let mut still_active = Vec::with_capacity(active.len());
             for ((i, mut p), prediction) in active.drain(..).zip(predictions) {
                 p.step(&prediction, step, t, &timesteps)?;
-                if (items[i].on_step)(step + 1, total) == StepControl::Cancel {
+                if step >= warm_up
+                    && (items[i].on_step)(step + 1 - warm_up, total) == StepControl::Cancel
+                {
                     results[i] = Some(Err(EngineError::Cancelled));
                 } else {
                     still_active.push((i, p));
@@ -570,6 +578,13 @@ impl std::fmt::Debug for BatchItem<'_, '_> {
             .field("request", &self.request)
             .finish_non_exhaustive()
     }
+}
+
+/// The denoising steps a request runs, as the progress contract counts them: diffusers'
+/// `min(int(num_inference_steps * strength), num_inference_steps)`, at least 1.
+pub fn denoising_steps(request: &InpaintRequest) -> usize {
+    let cut = (request.num_inference_steps as f64 * request.strength) as usize;
+    cut.min(request.num_inference_steps).max(1)
 }
 
 /// What the requests of one batch must share: the parameters that decide the loop's timesteps
