@@ -213,7 +213,7 @@ impl JobFlow {
         let _slot = self.slot(job, &run).await?;
         let inputs = match self.inputs(job, timings).await? {
             Fetched::Answered(mut previous) => {
-                tracing::info!("outputs already written by an earlier delivery; not recomputing");
+                tracing::debug!("outputs already written by an earlier delivery; not recomputing");
                 previous.attempt = run.attempt;
                 previous.replay = true;
                 return Ok(*previous);

@@ -47,6 +47,10 @@ fn settings() -> Settings {
 }
 
 async fn bench_with(settings: Settings, at: DateTime<Utc>) -> Bench {
+    bench_with_chain(settings, at, Chain::new(Vec::new())).await
+}
+
+async fn bench_with_chain(settings: Settings, at: DateTime<Utc>, chain: Chain) -> Bench {
     let store = Arc::new(StorageConfig::Memory.build().expect("memory store"));
     let engine = PassThrough::default();
     let calls = Arc::clone(&engine.calls);
@@ -56,7 +60,7 @@ async fn bench_with(settings: Settings, at: DateTime<Utc>) -> Bench {
     let parts = Parts {
         storage: Arc::clone(&store) as Arc<dyn ObjectStorage>,
         inference,
-        chain: Arc::new(Chain::new(Vec::new())),
+        chain: Arc::new(chain),
         metrics: Arc::new(Metrics::default()),
     };
     let flow = JobFlow::new(&settings, &parts, Signer::default()).with_clock(Arc::new(move || at));
@@ -387,4 +391,125 @@ fn fallback_seeds_are_stable_per_job() {
 fn missing_required_stages_names_what_the_chain_lacks() {
     let missing = missing_required_stages(&[]);
     assert_eq!(missing, inpaint_stages::REQUIRED_STAGE_KINDS.to_vec());
+}
+
+/// A stage that modifies the job before inference and every output after it (as watermark and
+/// provenance stages do): each change is an audit entry.
+struct Stamping;
+
+impl inpaint_plugin_api::Stage for Stamping {
+    fn name(&self) -> &str {
+        "stamping"
+    }
+
+    fn before_inference(
+        &self,
+        _: &JobContext,
+    ) -> Result<inpaint_plugin_api::Verdict, inpaint_plugin_api::StageError> {
+        Ok(stamp())
+    }
+
+    fn after_output(
+        &self,
+        _: &JobContext,
+        _: &inpaint_plugin_api::OutputImage,
+    ) -> Result<inpaint_plugin_api::Verdict, inpaint_plugin_api::StageError> {
+        Ok(stamp())
+    }
+}
+
+fn stamp() -> inpaint_plugin_api::Verdict {
+    use inpaint_plugin_api::{Change, Modification, Verdict};
+    Verdict::Modify(vec![Modification::new(Change::AddMetadata {
+        key: "stamp".into(),
+        value: "1".into(),
+    })])
+}
+
+/// Accepts every publish and settlement (the log test needs the settlement's line, not the
+/// broker).
+struct Nowhere;
+
+impl crate::settle::Outbox for Nowhere {
+    fn publish<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a [u8],
+        _: inpaint_queue::lapin::BasicProperties,
+    ) -> futures::future::BoxFuture<'a, Result<(), inpaint_queue::QueueError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl crate::settle::Settle for Nowhere {
+    fn ack(&self) -> futures::future::BoxFuture<'_, Result<(), inpaint_queue::QueueError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn reject(
+        &self,
+        _: bool,
+    ) -> futures::future::BoxFuture<'_, Result<(), inpaint_queue::QueueError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// One info line per job, whatever the number of outputs and stages: a job run through a chain
+/// of stamping stages (an audit entry per stage and output), then settled, logs "job done"
+/// with its id, status and timings at info and the rest at debug.
+#[tokio::test]
+async fn a_job_logs_one_info_line_whatever_its_outputs_and_stages() {
+    for (stages, images) in [(0usize, 1u32), (1, 1), (2, 4), (3, 3)] {
+        let chain = Chain::new(
+            (0..stages)
+                .map(|_| Box::new(Stamping) as Box<dyn inpaint_plugin_api::Stage>)
+                .collect(),
+        );
+        let bench = bench_with_chain(settings(), now(), chain).await;
+        let job = bench
+            .job(|j| j["params"]["num_images"] = images.into())
+            .await;
+        let (log, _guard) = crate::test_log::capture();
+        let result = bench.run(&job).await.expect("succeeds");
+        let topology = crate::topology::TopologyConfig::with_prefix("t");
+        let settling = crate::settle::Settling {
+            topology: &topology,
+            unsafe_chain: &[],
+            metrics: &Metrics::default(),
+        };
+        let received = crate::settle::Received {
+            data: b"{}",
+            properties: &Default::default(),
+            attempt: 1,
+        };
+        crate::settle::carry_out(
+            &settling,
+            &Nowhere,
+            &Nowhere,
+            received,
+            crate::error::Action::Ack,
+            crate::settle::Answer::Result(Box::new(result)),
+        )
+        .await
+        .expect("settled");
+        let infos = log.at("INFO");
+        assert_eq!(
+            infos.len(),
+            1,
+            "{stages} stages, {images} images: {infos:#?}"
+        );
+        let line = &infos[0];
+        assert!(line.contains("job done"), "{line}");
+        assert!(line.contains(&job.job_id.to_string()), "{line}");
+        assert!(line.contains("Succeeded"), "{line}");
+        assert!(line.contains("inference="), "{line}");
+        // The details are still there, at debug: one audit line per stage and hook/output.
+        let audits = log
+            .at("DEBUG")
+            .iter()
+            .filter(|l| l.contains("plugin chain audit"))
+            .count();
+        assert_eq!(audits, stages * (1 + images as usize), "{:#?}", log.lines());
+    }
 }

@@ -25,7 +25,9 @@ pub fn mark_missing_stages(out: &mut OutputImage, missing: &[String]) {
 }
 
 /// Counts and logs every block and modification of the plugin chain: stage and category only,
-/// never the prompt (the job's span adds the job id).
+/// never the prompt (the job's span adds the job id). At debug: a chain modifies every output
+/// of every job (watermark, provenance), which at info was most of the worker's log; the job's
+/// one info line ("job done") carries the outcome.
 pub fn count_audit(metrics: &Metrics, audit: &[inpaint_plugin_api::AuditEntry]) {
     for entry in audit {
         let action = match entry.action {
@@ -34,7 +36,7 @@ pub fn count_audit(metrics: &Metrics, audit: &[inpaint_plugin_api::AuditEntry]) 
         };
         let category = entry.category.as_deref().unwrap_or("none");
         metrics.count_plugin_action(action, category);
-        tracing::info!(stage = %entry.stage, action, category, "plugin chain audit");
+        tracing::debug!(stage = %entry.stage, action, category, "plugin chain audit");
     }
 }
 

@@ -488,16 +488,17 @@ async fn handle(runner: Arc<Runner>, publisher: Arc<Publisher>, delivery: Delive
     .await;
 }
 
-/// Counts blocks and logs why a job did not succeed (stage and category, never the prompt).
+/// Counts blocks and logs why a job did not succeed (stage and category, never the prompt), at
+/// debug: the job's info line ("job done", when it is settled) names the status and error code.
 fn log_failure(metrics: &Metrics, failure: &JobFailure, action: Action) {
     match (&failure.block, action) {
         (_, Action::Retry { .. } | Action::Release) => {}
         (Some(block), _) => {
             metrics.blocks.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(stage = %block.stage, category = %block.category, "job blocked");
+            tracing::debug!(stage = %block.stage, category = %block.category, "job blocked");
         }
         (None, _) => {
-            tracing::info!(code = failure.code.as_str(), error = %failure.message, "job did not succeed")
+            tracing::debug!(code = failure.code.as_str(), error = %failure.message, "job did not succeed")
         }
     }
 }

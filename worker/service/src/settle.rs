@@ -185,10 +185,32 @@ pub async fn carry_out(
                 delivery.reject(false).await?;
             }
             metrics.observe_stage("ack", t.elapsed().as_secs_f64());
-            tracing::info!(status = ?result.status, outputs = result.outputs.len(), "job settled");
+            log_done(&result);
         }
     }
     Ok(())
+}
+
+/// The one info line of a settled job: id, status, attempt, error code, outputs and timings.
+/// Everything else a job logs is at debug (warnings and errors aside).
+fn log_done(result: &InpaintResult) {
+    let timings_ms = result
+        .timings_ms
+        .iter()
+        .map(|(stage, ms)| format!("{stage}={ms}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    tracing::info!(
+        job_id = result.job_id.map(|id| id.to_string()).unwrap_or_default(),
+        status = ?result.status,
+        attempt = result.attempt,
+        replay = result.replay,
+        error = result.error.as_ref().map(|e| e.code.as_str()).unwrap_or(""),
+        block = result.block.as_ref().map(|b| b.stage.as_str()).unwrap_or(""),
+        outputs = result.outputs.len(),
+        timings_ms,
+        "job done"
+    );
 }
 
 /// The job as republished to the delay queue: next attempt number, the error, and the delay
