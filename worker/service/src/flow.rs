@@ -211,6 +211,7 @@ impl JobFlow {
     ) -> Result<InpaintResult, JobFailure> {
         self.admit(job)?;
         let _slot = self.slot(job, &run).await?;
+        self.not_expired(job, "while it waited for an inference slot")?;
         let inputs = match self.inputs(job, timings).await? {
             Fetched::Answered(mut previous) => {
                 tracing::debug!("outputs already written by an earlier delivery; not recomputing");
@@ -223,8 +224,9 @@ impl JobFlow {
         let context = self.before_inference(job, &inputs, timings).await?;
         let seeds = job.per_image_seeds(fallback_seed(job.job_id));
         let request = inference_request(job, &context, inputs, seeds.clone(), &self.limits);
+        self.not_expired(job, "before inference")?;
         let made = self
-            .infer(job.job_id, request, run.progress, &run.stop, timings)
+            .infer(job, request, run.progress, &run.stop, timings)
             .await?;
         let outputs = self
             .after_output(&context, made.images, &seeds, timings)
@@ -290,6 +292,17 @@ impl JobFlow {
         Ok(())
     }
 
+    /// The documented `expired` status for a job whose `expires_at` passed `when`.
+    fn not_expired(&self, job: &InpaintJob, when: &str) -> Result<(), JobFailure> {
+        if job.is_expired((self.clock)()) {
+            return Err(JobFailure::permanent(
+                ErrorCode::Expired,
+                format!("expires_at passed {when}"),
+            ));
+        }
+        Ok(())
+    }
+
     fn not_cancelled(&self, job: &InpaintJob) -> Result<(), JobFailure> {
         if self.cancels.is_cancelled(job.job_id) {
             return Err(JobFailure::permanent(
@@ -351,23 +364,36 @@ impl JobFlow {
         Ok(before.context)
     }
 
-    /// Inference on the dedicated thread, stopped by a cancel request for the job or by `stop`.
+    /// Inference on the dedicated thread, stopped by a cancel request for the job, by `stop`,
+    /// or between two steps once the job's `expires_at` has passed (the flow's clock).
     async fn infer(
         &self,
-        job_id: JobId,
+        job: &InpaintJob,
         request: InferenceRequest,
         progress: Option<Progress>,
         stop: &CancellationToken,
         timings: &mut Timings,
     ) -> Result<crate::inference::InferenceOutput, JobFailure> {
         let t = Instant::now();
-        let running = self.cancels.start(job_id, stop);
+        let running = self.cancels.start(job.job_id, stop);
+        let stop_when = job.expires_at.map(|deadline| {
+            let clock = Arc::clone(&self.clock);
+            Arc::new(move || clock() >= deadline) as crate::inference::StopWhen
+        });
         let output = self
             .inference
-            .run(request, running.token.clone(), progress)
+            .run_until(request, running.token.clone(), stop_when, progress)
             .await;
+        let cancelled = running.token.is_cancelled();
         self.cancels.finish(running);
-        let output = output?;
+        let output = match output {
+            // The run was stopped, and not by a cancel request or the worker: the deadline.
+            Err(crate::inference::InferenceError::Cancelled) if !cancelled => {
+                self.not_expired(job, "during inference")?;
+                return Err(JobFailure::internal("inference stopped without a cause"));
+            }
+            output => output?,
+        };
         self.timed(timings, "inference", t);
         Ok(output)
     }

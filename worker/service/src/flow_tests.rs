@@ -513,3 +513,78 @@ async fn a_job_logs_one_info_line_whatever_its_outputs_and_stages() {
         assert_eq!(audits, stages * (1 + images as usize), "{:#?}", log.lines());
     }
 }
+
+/// expires_at is checked at pick-up, after the wait for a slot, before inference and between
+/// denoising steps. A clock that moves one second per reading, and deadlines one second apart:
+/// each later deadline stops the job at the same point or later, every checkpoint is reached
+/// by some deadline, a stop during inference comes one step later per second, and every stop
+/// is the documented `expired` status.
+#[tokio::test]
+async fn expiry_is_checked_again_after_the_slot_before_inference_and_between_steps() {
+    const STEPS: u32 = 10;
+    let phases = [
+        "when the job was picked up",
+        "while it waited for an inference slot",
+        "before inference",
+        "during inference",
+    ];
+    let mut seen: Vec<(usize, Option<usize>)> = Vec::new();
+    for offset in 0..30i64 {
+        let ticks = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let clock_ticks = Arc::clone(&ticks);
+        let bench = bench().await;
+        let deadline = now() + chrono::Duration::seconds(offset);
+        let job = bench
+            .job(|j| {
+                j["expires_at"] = deadline.to_rfc3339().into();
+                j["params"]["num_inference_steps"] = STEPS.into();
+            })
+            .await;
+        let flow = bench.flow.with_clock(Arc::new(move || {
+            now() + chrono::Duration::seconds(clock_ticks.fetch_add(1, Ordering::SeqCst))
+        }));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let run = JobRun {
+            attempt: 1,
+            progress: Some(tx),
+            ..JobRun::default()
+        };
+        let outcome = flow.run(&job, run, &mut Timings::new()).await;
+        let mut steps = 0;
+        while let Ok((step, _)) = rx.try_recv() {
+            steps = step as usize;
+        }
+        match outcome {
+            Ok(result) => {
+                assert_eq!(result.status, JobStatus::Succeeded);
+                assert_eq!(steps, STEPS as usize, "{offset}");
+                seen.push((phases.len(), None));
+            }
+            Err(failure) => {
+                assert_eq!(failure.code, ErrorCode::Expired, "{offset}: {failure}");
+                assert_eq!(failure.code.status(), JobStatus::Expired);
+                let phase = phases
+                    .iter()
+                    .position(|p| failure.message.contains(p))
+                    .unwrap_or_else(|| panic!("{offset}: {}", failure.message));
+                if phase == 3 {
+                    // The check follows every step, the last one too (before decoding).
+                    assert!(steps <= STEPS as usize, "{offset}: stopped at {steps}");
+                    seen.push((phase, Some(steps)));
+                } else {
+                    assert_eq!(steps, 0, "{offset}: {}", failure.message);
+                    seen.push((phase, None));
+                }
+            }
+        }
+    }
+    for pair in seen.windows(2) {
+        assert!(pair[0].0 <= pair[1].0, "{seen:?}");
+        if let ((3, Some(a)), (3, Some(b))) = (pair[0], pair[1]) {
+            assert_eq!(b, a + 1, "one more step per second: {seen:?}");
+        }
+    }
+    for phase in 0..=phases.len() {
+        assert!(seen.iter().any(|(p, _)| *p == phase), "{phase}: {seen:?}");
+    }
+}

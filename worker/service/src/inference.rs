@@ -284,9 +284,14 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Progress of a running job: (step, total).
 pub type Progress = mpsc::Sender<(u32, u32)>;
 
+/// Asked before the run and after each step, on the inference thread: true stops the run there
+/// as a cancel does (the flow gives the job's deadline, read from its clock).
+pub type StopWhen = Arc<dyn Fn() -> bool + Send + Sync>;
+
 struct Work {
     request: InferenceRequest,
     cancelled: CancellationToken,
+    stop_when: Option<StopWhen>,
     progress: Option<Progress>,
     reply: oneshot::Sender<Result<InferenceOutput, InferenceError>>,
 }
@@ -356,11 +361,24 @@ impl InferenceThread {
         cancelled: CancellationToken,
         progress: Option<Progress>,
     ) -> Result<InferenceOutput, InferenceError> {
+        self.run_until(request, cancelled, None, progress).await
+    }
+
+    /// [`InferenceThread::run`], also stopped (as by a cancel) once `stop_when` says so: checked
+    /// before the run starts and after every step, like the cancel token.
+    pub async fn run_until(
+        &self,
+        request: InferenceRequest,
+        cancelled: CancellationToken,
+        stop_when: Option<StopWhen>,
+        progress: Option<Progress>,
+    ) -> Result<InferenceOutput, InferenceError> {
         let (reply, answer) = oneshot::channel();
         self.work
             .send(Work {
                 request,
                 cancelled,
+                stop_when,
                 progress,
                 reply,
             })
@@ -374,10 +392,12 @@ fn serve(mut engine: Box<dyn Inference>, work: std::sync::mpsc::Receiver<Work>) 
         let Work {
             request,
             cancelled,
+            stop_when,
             progress,
             reply,
         } = item;
-        if cancelled.is_cancelled() {
+        let stopped = || cancelled.is_cancelled() || stop_when.as_ref().is_some_and(|stop| stop());
+        if stopped() {
             let _ = reply.send(Err(InferenceError::Cancelled));
             continue;
         }
@@ -386,7 +406,7 @@ fn serve(mut engine: Box<dyn Inference>, work: std::sync::mpsc::Receiver<Work>) 
             if let Some(progress) = &progress {
                 let _ = progress.try_send((step as u32, total as u32));
             }
-            if cancelled.is_cancelled() {
+            if stopped() {
                 StepControl::Cancel
             } else {
                 StepControl::Continue
