@@ -209,9 +209,10 @@ impl JobFlow {
         run: JobRun,
         timings: &mut Timings,
     ) -> Result<InpaintResult, JobFailure> {
+        let budget = self.budget_from((self.clock)());
         self.admit(job)?;
         let _slot = self.slot(job, &run).await?;
-        self.not_expired(job, "while it waited for an inference slot")?;
+        self.in_time(job, budget, "while it waited for an inference slot")?;
         let inputs = match self.inputs(job, timings).await? {
             Fetched::Answered(mut previous) => {
                 tracing::debug!("outputs already written by an earlier delivery; not recomputing");
@@ -224,13 +225,14 @@ impl JobFlow {
         let context = self.before_inference(job, &inputs, timings).await?;
         let seeds = job.per_image_seeds(fallback_seed(job.job_id));
         let request = inference_request(job, &context, inputs, seeds.clone(), &self.limits);
-        self.not_expired(job, "before inference")?;
+        self.in_time(job, budget, "before inference")?;
         let made = self
-            .infer(job, request, run.progress, &run.stop, timings)
+            .infer(job, budget, request, run.progress, &run.stop, timings)
             .await?;
         let outputs = self
             .after_output(&context, made.images, &seeds, timings)
             .await?;
+        self.in_time(job, budget, "before storing the outputs")?;
         let mut result = self.result(
             Some(job.job_id),
             JobStatus::Succeeded,
@@ -292,12 +294,37 @@ impl JobFlow {
         Ok(())
     }
 
-    /// The documented `expired` status for a job whose `expires_at` passed `when`.
-    fn not_expired(&self, job: &InpaintJob, when: &str) -> Result<(), JobFailure> {
-        if job.is_expired((self.clock)()) {
+    /// When a job picked up at `start` runs out of `limits.job_timeout_secs`.
+    fn budget_from(&self, start: DateTime<Utc>) -> DateTime<Utc> {
+        let secs = i64::try_from(self.limits.job_timeout_secs).unwrap_or(i64::MAX);
+        start
+            .checked_add_signed(chrono::Duration::seconds(secs))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// The documented `expired` status for a job whose `expires_at` passed `when`, else
+    /// `timeout` (status failed) once the job's time budget is spent.
+    fn in_time(
+        &self,
+        job: &InpaintJob,
+        budget: DateTime<Utc>,
+        when: &str,
+    ) -> Result<(), JobFailure> {
+        let now = (self.clock)();
+        if job.is_expired(now) {
             return Err(JobFailure::permanent(
                 ErrorCode::Expired,
                 format!("expires_at passed {when}"),
+            ));
+        }
+        if now >= budget {
+            // Permanent: the same job would run as long on the next attempt.
+            return Err(JobFailure::permanent(
+                ErrorCode::Timeout,
+                format!(
+                    "the job ran past this worker's limits.job_timeout_secs ({} s) {when}",
+                    self.limits.job_timeout_secs
+                ),
             ));
         }
         Ok(())
@@ -365,10 +392,12 @@ impl JobFlow {
     }
 
     /// Inference on the dedicated thread, stopped by a cancel request for the job, by `stop`,
-    /// or between two steps once the job's `expires_at` has passed (the flow's clock).
+    /// or between two steps once the job's `expires_at` or time `budget` has passed (the
+    /// flow's clock).
     async fn infer(
         &self,
         job: &InpaintJob,
+        budget: DateTime<Utc>,
         request: InferenceRequest,
         progress: Option<Progress>,
         stop: &CancellationToken,
@@ -376,10 +405,9 @@ impl JobFlow {
     ) -> Result<crate::inference::InferenceOutput, JobFailure> {
         let t = Instant::now();
         let running = self.cancels.start(job.job_id, stop);
-        let stop_when = job.expires_at.map(|deadline| {
-            let clock = Arc::clone(&self.clock);
-            Arc::new(move || clock() >= deadline) as crate::inference::StopWhen
-        });
+        let deadline = job.expires_at.map_or(budget, |expires| expires.min(budget));
+        let clock = Arc::clone(&self.clock);
+        let stop_when = Some(Arc::new(move || clock() >= deadline) as crate::inference::StopWhen);
         let output = self
             .inference
             .run_until(request, running.token.clone(), stop_when, progress)
@@ -389,7 +417,7 @@ impl JobFlow {
         let output = match output {
             // The run was stopped, and not by a cancel request or the worker: the deadline.
             Err(crate::inference::InferenceError::Cancelled) if !cancelled => {
-                self.not_expired(job, "during inference")?;
+                self.in_time(job, budget, "during inference")?;
                 return Err(JobFailure::internal("inference stopped without a cause"));
             }
             output => output?,

@@ -514,8 +514,8 @@ async fn a_job_logs_one_info_line_whatever_its_outputs_and_stages() {
     }
 }
 
-/// expires_at is checked at pick-up, after the wait for a slot, before inference and between
-/// denoising steps. A clock that moves one second per reading, and deadlines one second apart:
+/// expires_at is checked at pick-up, after the wait for a slot, before inference, between
+/// denoising steps and before storing the outputs. A clock that moves one second per reading, and deadlines one second apart:
 /// each later deadline stops the job at the same point or later, every checkpoint is reached
 /// by some deadline, a stop during inference comes one step later per second, and every stop
 /// is the documented `expired` status.
@@ -527,6 +527,7 @@ async fn expiry_is_checked_again_after_the_slot_before_inference_and_between_ste
         "while it waited for an inference slot",
         "before inference",
         "during inference",
+        "before storing the outputs",
     ];
     let mut seen: Vec<(usize, Option<usize>)> = Vec::new();
     for offset in 0..30i64 {
@@ -572,7 +573,8 @@ async fn expiry_is_checked_again_after_the_slot_before_inference_and_between_ste
                     assert!(steps <= STEPS as usize, "{offset}: stopped at {steps}");
                     seen.push((phase, Some(steps)));
                 } else {
-                    assert_eq!(steps, 0, "{offset}: {}", failure.message);
+                    let ran = if phase == 4 { STEPS as usize } else { 0 };
+                    assert_eq!(steps, ran, "{offset}: {}", failure.message);
                     seen.push((phase, None));
                 }
             }
@@ -586,5 +588,67 @@ async fn expiry_is_checked_again_after_the_slot_before_inference_and_between_ste
     }
     for phase in 0..=phases.len() {
         assert!(seen.iter().any(|(p, _)| *p == phase), "{phase}: {seen:?}");
+    }
+}
+
+/// limits.job_timeout_secs: the same checkpoints as expires_at give `timeout` (status failed)
+/// once the budget from pick-up is spent; budgets one second apart on a clock moving one second
+/// per reading stop the job at the same point or later, every checkpoint is reached, and a
+/// large budget lets it succeed. An expires_at before the budget still says `expired`.
+#[tokio::test]
+async fn the_job_time_budget_gives_timeout_at_every_checkpoint() {
+    const STEPS: u32 = 10;
+    let phases = [
+        "while it waited for an inference slot",
+        "before inference",
+        "during inference",
+        "before storing the outputs",
+    ];
+    let mut seen: Vec<usize> = Vec::new();
+    for (budget, expires) in (1..30u64).map(|b| (b, None)).chain([(5, Some(3i64))]) {
+        let ticks = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let clock_ticks = Arc::clone(&ticks);
+        let mut settings = settings();
+        settings.limits.job_timeout_secs = budget;
+        let bench = bench_with(settings, now()).await;
+        let job = bench
+            .job(|j| {
+                j["params"]["num_inference_steps"] = STEPS.into();
+                if let Some(e) = expires {
+                    j["expires_at"] = (now() + chrono::Duration::seconds(e)).to_rfc3339().into();
+                }
+            })
+            .await;
+        let flow = bench.flow.with_clock(Arc::new(move || {
+            now() + chrono::Duration::seconds(clock_ticks.fetch_add(1, Ordering::SeqCst))
+        }));
+        let run = JobRun {
+            attempt: 1,
+            ..JobRun::default()
+        };
+        match flow.run(&job, run, &mut Timings::new()).await {
+            Ok(result) => {
+                assert!(expires.is_none(), "expires_at 3 s: not expired");
+                assert_eq!(result.status, JobStatus::Succeeded);
+                seen.push(phases.len());
+            }
+            Err(failure) if expires.is_some() => {
+                assert_eq!(failure.code, ErrorCode::Expired, "{failure}");
+            }
+            Err(failure) => {
+                assert_eq!(failure.code, ErrorCode::Timeout, "{budget}: {failure}");
+                assert_eq!(failure.code.status(), JobStatus::Failed);
+                assert!(failure.message.contains("job_timeout_secs"), "{failure}");
+                let phase = phases
+                    .iter()
+                    .position(|p| failure.message.contains(p))
+                    .unwrap_or_else(|| panic!("{budget}: {}", failure.message));
+                seen.push(phase);
+            }
+        }
+    }
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    for phase in 0..=phases.len() {
+        assert!(seen.contains(&phase), "{phase}: {seen:?}");
     }
 }

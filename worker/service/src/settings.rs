@@ -236,6 +236,13 @@ pub struct LimitsConfig {
     /// width or height is refused; an input with a longer side (and no explicit size) is
     /// inpainted through crop-to-mask around its mask and pasted back, at full size.
     pub max_output_side: u32,
+    /// Longest a job may run on this worker, in seconds, from pick-up to its stored result;
+    /// past it the job ends with status `failed`, error code `timeout` (checked at the same
+    /// points as `expires_at`: after the slot wait, before inference, between denoising steps,
+    /// before storing). Keep it below RabbitMQ's `consumer_timeout` (30 min by default): a
+    /// delivery unacknowledged for that long closes the worker's channel, and the job is
+    /// redelivered instead of answered.
+    pub job_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -244,6 +251,7 @@ impl Default for LimitsConfig {
             max_object_bytes: 32 << 20,
             max_decoded_pixels: 4096 * 4096,
             max_output_side: 1024,
+            job_timeout_secs: 25 * 60,
         }
     }
 }
@@ -536,6 +544,9 @@ impl Settings {
         if self.limits.max_decoded_pixels == 0 {
             return Err(invalid("limits.max_decoded_pixels", "must be above 0"));
         }
+        if self.limits.job_timeout_secs == 0 {
+            return Err(invalid("limits.job_timeout_secs", "must be above 0"));
+        }
         let side = self.limits.max_output_side;
         if !(64..=2048).contains(&side) || !side.is_multiple_of(8) {
             return Err(invalid(
@@ -717,6 +728,7 @@ mod tests {
             }),
             ("limits.max_object_bytes", |s| s.limits.max_object_bytes = 0),
             ("limits.max_output_side", |s| s.limits.max_output_side = 500),
+            ("limits.job_timeout_secs", |s| s.limits.job_timeout_secs = 0),
             ("concurrency.prefetch", |s| s.concurrency.prefetch = 0),
             ("concurrency.in_flight", |s| s.concurrency.in_flight = 9),
             ("retry.max_attempts", |s| s.retry.max_attempts = 0),
