@@ -232,11 +232,14 @@ pub enum ErrorCode {
     OutputOverwritesInput,
     /// The `job_id` was already used for a different request.
     JobIdConflict,
+    /// The message reached the jobs queue's delivery limit (it ended every earlier delivery
+    /// without a settlement, e.g. by crashing the worker): answered without running it again.
+    DeliveryLimitExceeded,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::MalformedJson,
         Self::SchemaViolation,
         Self::InvalidParameter,
@@ -257,6 +260,7 @@ impl ErrorCode {
         Self::UnsupportedByChain,
         Self::OutputOverwritesInput,
         Self::JobIdConflict,
+        Self::DeliveryLimitExceeded,
     ];
 
     /// The wire name (`malformed_json`, ...).
@@ -282,6 +286,7 @@ impl ErrorCode {
             Self::UnsupportedByChain => "unsupported_by_chain",
             Self::OutputOverwritesInput => "output_overwrites_input",
             Self::JobIdConflict => "job_id_conflict",
+            Self::DeliveryLimitExceeded => "delivery_limit_exceeded",
         }
     }
 
@@ -306,7 +311,8 @@ impl ErrorCode {
             | Self::BrokerUnavailable
             | Self::Timeout
             | Self::OutOfMemory
-            | Self::Internal => JobStatus::Failed,
+            | Self::Internal
+            | Self::DeliveryLimitExceeded => JobStatus::Failed,
         }
     }
 }

@@ -412,27 +412,33 @@ async fn handle(runner: Arc<Runner>, publisher: Arc<Publisher>, delivery: Delive
         metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let mut timings = crate::flow::Timings::new();
-        let outcome = match &job {
-            Ok(job) => {
-                let progress = match (job.progress, delivery.properties.reply_to()) {
-                    (true, Some(reply_to)) => Some(progress_forwarder(
-                        Arc::clone(&publisher),
-                        job.job_id,
-                        reply_to.to_string(),
-                        delivery.properties.correlation_id().clone(),
-                    )),
-                    _ => None,
-                };
-                let run = JobRun {
-                    attempt,
-                    progress,
-                    draining: stops.draining.clone(),
-                    stop: stops.stop.clone(),
-                };
-                runner.flow.run(job, run, &mut timings).await
+        // A message the broker will not deliver again is answered, not run (it ended every
+        // earlier delivery unsettled, most likely by crashing the worker).
+        let limit = runner.settings.topology.delivery_limit;
+        let outcome = settle::unless_last_delivery(&delivery.properties, limit, || async {
+            match &job {
+                Ok(job) => {
+                    let progress = match (job.progress, delivery.properties.reply_to()) {
+                        (true, Some(reply_to)) => Some(progress_forwarder(
+                            Arc::clone(&publisher),
+                            job.job_id,
+                            reply_to.to_string(),
+                            delivery.properties.correlation_id().clone(),
+                        )),
+                        _ => None,
+                    };
+                    let run = JobRun {
+                        attempt,
+                        progress,
+                        draining: stops.draining.clone(),
+                        stop: stops.stop.clone(),
+                    };
+                    runner.flow.run(job, run, &mut timings).await
+                }
+                Err(e) => Err(JobFailure::from(e)),
             }
-            Err(e) => Err(JobFailure::from(e)),
-        };
+        })
+        .await;
         let action = action_for(
             outcome.as_ref().map(|_| ()),
             attempt,

@@ -2,8 +2,10 @@
 //! [`crate::error::action_for`] decides — publish the result then ack, publish the failure then
 //! dead-letter, republish to the delay queue then ack, or release to the queue — through two
 //! small traits ([`Outbox`], [`Settle`]) that lapin implements in the worker and a recorder
-//! implements in tests.
+//! implements in tests. [`unless_last_delivery`] answers a poison message before the quorum
+//! queue drops it at its delivery limit.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -15,7 +17,7 @@ use inpaint_queue::lapin::{Acker, BasicProperties};
 use inpaint_queue::{Publisher, QueueError};
 use tracing::Instrument;
 
-use crate::error::Action;
+use crate::error::{Action, JobFailure};
 use crate::metrics::Metrics;
 use crate::topology::{self, ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, ERROR_HEADER, TopologyConfig};
 
@@ -189,6 +191,54 @@ pub async fn carry_out(
         }
     }
     Ok(())
+}
+
+/// The failure a delivery is answered with instead of running, when the quorum queue will not
+/// deliver this copy again: `None` for every earlier delivery.
+///
+/// RabbitMQ's quorum queues (3.10, `rabbit_fifo`) count a copy's returns (a nack with requeue,
+/// or a consumer or channel that went away with it unsettled) in `delivery_count`, shown to
+/// consumers as `x-delivery-count` from the first redelivery on; when a return makes the count
+/// exceed `x-delivery-limit` (count > limit), the copy is dead-lettered instead of delivered,
+/// with no message to anyone. So counts 0..=limit are delivered and the delivery showing
+/// `x-delivery-count == limit` is the last: if this one ends unsettled too (the worker crashes
+/// again), the producer never hears back. That delivery (and, should the limit have been
+/// raised on a live queue, any later one) is answered `delivery_limit_exceeded` without being
+/// run — every earlier delivery of it ended without a settlement, most likely by crashing the
+/// worker. The failure is permanent: [`crate::error::action_for`] dead-letters it after the
+/// result is published.
+pub fn last_delivery_failure(
+    properties: &BasicProperties,
+    delivery_limit: u32,
+) -> Option<JobFailure> {
+    let redeliveries =
+        topology::header_u32(properties.headers().as_ref(), DELIVERY_COUNT_HEADER).unwrap_or(0);
+    (redeliveries >= delivery_limit).then(|| {
+        JobFailure::permanent(
+            inpaint_job::ErrorCode::DeliveryLimitExceeded,
+            format!(
+                "delivered {} times without an answer (the jobs queue's delivery limit is {delivery_limit}); not run again",
+                u64::from(redeliveries) + 1
+            ),
+        )
+    })
+}
+
+/// Runs the job (`run`) unless this is the last delivery the broker makes of it
+/// ([`last_delivery_failure`]): then `run` is never called and the outcome is that failure.
+pub async fn unless_last_delivery<T, F, Fut>(
+    properties: &BasicProperties,
+    delivery_limit: u32,
+    run: F,
+) -> Result<T, JobFailure>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, JobFailure>>,
+{
+    match last_delivery_failure(properties, delivery_limit) {
+        Some(failure) => Err(failure),
+        None => run().await,
+    }
 }
 
 /// The one info line of a settled job: id, status, attempt, error code, outputs and timings.

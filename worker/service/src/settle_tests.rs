@@ -438,3 +438,166 @@ async fn attempts_count_each_delivery_once_through_crashes_and_retries() {
     }
     assert!(checked > 1 << length, "{checked}");
 }
+
+/// A failed result carrying `failure`, as the runner builds one for a final action.
+fn failure_result(failure: &JobFailure) -> Box<InpaintResult> {
+    let mut result = result(failure.code.status());
+    result.error = Some(failure.to_error_info());
+    result
+}
+
+/// How many results went to the results exchange.
+fn results_published(events: &[Event], topology: &TopologyConfig) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::Publish { exchange, .. } if *exchange == topology.results_exchange))
+        .count()
+}
+
+/// Every broker count 0..=limit+1 of every limit 1..=8, with and without a retry header: the
+/// delivery showing `x-delivery-count == limit` (the last the quorum queue makes) and beyond
+/// are never run but answered `failed`/`delivery_limit_exceeded` (not retryable) to the results
+/// exchange and `reply_to`, then dead-lettered; every earlier one runs.
+#[tokio::test]
+async fn the_last_delivery_is_answered_not_run() {
+    let topology = TopologyConfig::with_prefix("t");
+    let metrics = Metrics::default();
+    let settling = Settling {
+        topology: &topology,
+        unsafe_chain: &[],
+        metrics: &metrics,
+    };
+    let retry = crate::settings::RetryConfig::default();
+    for limit in 1..=8u32 {
+        for retry_header in [None, Some(2i64), Some(7)] {
+            for redeliveries in 0..=limit + 1 {
+                let mut headers = FieldTable::default();
+                if let Some(n) = retry_header {
+                    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(n));
+                }
+                let copy = Copy {
+                    headers,
+                    redeliveries,
+                };
+                let properties = copy.delivered().with_reply_to("replies".into());
+                let mut ran = 0;
+                let outcome = unless_last_delivery(&properties, limit, || {
+                    ran += 1;
+                    async { Ok::<(), JobFailure>(()) }
+                })
+                .await;
+                let case = format!("limit {limit} count {redeliveries} header {retry_header:?}");
+                if redeliveries < limit {
+                    assert_eq!((ran, outcome), (1, Ok(())), "{case}");
+                    continue;
+                }
+                assert_eq!(ran, 0, "{case}");
+                let failure = outcome.expect_err(&case);
+                assert_eq!(failure.code, ErrorCode::DeliveryLimitExceeded, "{case}");
+                assert!(!failure.to_error_info().retryable, "{case}");
+                assert_eq!(failure.code.status(), JobStatus::Failed, "{case}");
+                let attempt = crate::runner::attempt_of(&properties);
+                let action = crate::error::action_for(Err(&failure), attempt, &retry);
+                assert_eq!(action, Action::DeadLetter, "{case}");
+                let recorder = Recorder::default();
+                let received = Received {
+                    data: b"not json",
+                    properties: &properties,
+                    attempt,
+                };
+                carry_out(
+                    &settling,
+                    &recorder,
+                    &recorder,
+                    received,
+                    action,
+                    Answer::Result(failure_result(&failure)),
+                )
+                .await
+                .expect("answered");
+                assert_eq!(
+                    targets(&recorder.events()),
+                    vec![
+                        publish_to(
+                            &topology.results_exchange,
+                            &topology::result_routing_key(JobStatus::Failed)
+                        ),
+                        publish_to("", "replies")
+                    ],
+                    "{case}"
+                );
+                assert_eq!(
+                    recorder.events().last(),
+                    Some(&Event::Reject { requeue: false }),
+                    "{case}"
+                );
+            }
+        }
+    }
+}
+
+/// A message that crashes the worker on every delivery, against a broker that redelivers an
+/// unsettled copy with its count + 1 and silently dead-letters it once the count would exceed
+/// the limit: for every limit, the job runs `limit` times and ends with exactly one terminal
+/// result (before this, none).
+#[tokio::test]
+async fn a_message_crashing_every_delivery_gets_exactly_one_answer() {
+    let topology = TopologyConfig::with_prefix("t");
+    let metrics = Metrics::default();
+    let settling = Settling {
+        topology: &topology,
+        unsafe_chain: &[],
+        metrics: &metrics,
+    };
+    let retry = crate::settings::RetryConfig::default();
+    for limit in 1..=10u32 {
+        let recorder = Recorder::default();
+        let mut copy = Copy {
+            headers: FieldTable::default(),
+            redeliveries: 0,
+        };
+        let mut runs = 0;
+        let mut settled = false;
+        // The broker: deliver while the count is within the limit.
+        while copy.redeliveries <= limit {
+            let properties = copy.delivered();
+            let attempt = crate::runner::attempt_of(&properties);
+            let outcome = unless_last_delivery(&properties, limit, || {
+                runs += 1;
+                async { Ok::<(), JobFailure>(()) }
+            })
+            .await;
+            match outcome {
+                // The job ran: it crashes the worker, the delivery stays unsettled.
+                Ok(()) => copy.redeliveries += 1,
+                Err(failure) => {
+                    let action = crate::error::action_for(Err(&failure), attempt, &retry);
+                    let received = Received {
+                        data: b"{\"job_id\":",
+                        properties: &properties,
+                        attempt,
+                    };
+                    carry_out(
+                        &settling,
+                        &recorder,
+                        &recorder,
+                        received,
+                        action,
+                        Answer::Result(failure_result(&failure)),
+                    )
+                    .await
+                    .expect("answered");
+                    settled = true;
+                    break;
+                }
+            }
+        }
+        assert!(settled, "limit {limit}: dropped by the broker unanswered");
+        assert_eq!(runs, limit, "limit {limit}");
+        assert_eq!(
+            results_published(&recorder.events(), &topology),
+            1,
+            "limit {limit}"
+        );
+    }
+}
