@@ -161,8 +161,10 @@ async fn a_job_waits_out_a_stopped_garage_and_completes() {
         // Room for several attempts while Garage is down: 0.3, 0.6, 1.2, 1.5, 1.5... s apart.
         s.retry = RetryConfig {
             max_attempts: 10,
+            max_outage_attempts: 10,
             base_delay_ms: 300,
             max_delay_ms: 1_500,
+            ..RetryConfig::default()
         };
     })
     .await;

@@ -60,8 +60,11 @@ pub fn base_settings(prefix: &str, storage: StorageConfig, bucket: String) -> Se
         },
         retry: RetryConfig {
             max_attempts: 3,
+            // Storage outages bounded by attempts too, as the tests past max_attempts expect.
+            max_outage_attempts: 3,
             base_delay_ms: 200,
             max_delay_ms: 1_000,
+            ..RetryConfig::default()
         },
         http: HttpConfig {
             bind: String::new(),

@@ -128,6 +128,7 @@ fn settings(prefix: &str, in_flight: usize) -> Settings {
             max_attempts: 2,
             base_delay_ms: 200,
             max_delay_ms: 1_000,
+            ..RetryConfig::default()
         },
         http: HttpConfig {
             bind: String::new(),

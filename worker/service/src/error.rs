@@ -181,12 +181,24 @@ pub enum Action {
 /// - interrupted jobs ([`JobFailure::interrupted`]: shutdown, a panicked task, an outcome that
 ///   could not be settled): [`Action::Release`].
 pub fn action_for(outcome: Result<(), &JobFailure>, attempt: u32, retry: &RetryConfig) -> Action {
+    action_after(outcome, attempt, Duration::ZERO, retry)
+}
+
+/// [`action_for`] `elapsed` after the job's first failure: an outage
+/// (`storage_unavailable`, `broker_unavailable`) is retried while `elapsed` is within
+/// `retry.max_elapsed_secs` ([`RetryConfig::retries`]).
+pub fn action_after(
+    outcome: Result<(), &JobFailure>,
+    attempt: u32,
+    elapsed: Duration,
+    retry: &RetryConfig,
+) -> Action {
     match outcome {
         Ok(()) => Action::Ack,
         Err(failure) if failure.interrupted => Action::Release,
         Err(failure) => match failure.code {
             ErrorCode::Expired | ErrorCode::Cancelled => Action::Ack,
-            _ if failure.transient && attempt < retry.max_attempts => Action::Retry {
+            code if failure.transient && retry.retries(code, attempt, elapsed) => Action::Retry {
                 after: retry.backoff(attempt),
             },
             _ => Action::DeadLetter,
@@ -203,6 +215,7 @@ mod tests {
             max_attempts: 3,
             base_delay_ms: 100,
             max_delay_ms: 10_000,
+            ..RetryConfig::default()
         }
     }
 
@@ -232,7 +245,7 @@ mod tests {
             let f = JobFailure::permanent(code, "x");
             assert_eq!(action_for(Err(&f), 1, &r), Action::DeadLetter, "{code:?}");
         }
-        let storage = JobFailure::transient(ErrorCode::StorageUnavailable, "503");
+        let storage = JobFailure::transient(ErrorCode::Timeout, "slow");
         assert_eq!(
             action_for(Err(&storage), 1, &r),
             Action::Retry {
@@ -246,6 +259,43 @@ mod tests {
             }
         );
         assert_eq!(action_for(Err(&storage), 3, &r), Action::DeadLetter);
+    }
+
+    /// Outages are retried by time, whatever `max_attempts` says: every budget, elapsed time
+    /// around it and attempt up to the outage cap.
+    #[test]
+    fn outages_are_retried_while_within_the_time_budget() {
+        for budget in [1u64, 20, 600] {
+            let r = RetryConfig {
+                max_attempts: 2,
+                max_elapsed_secs: budget,
+                max_outage_attempts: 30,
+                ..RetryConfig::default()
+            };
+            for code in [ErrorCode::StorageUnavailable, ErrorCode::BrokerUnavailable] {
+                let f = JobFailure::transient(code, "down");
+                for attempt in 1..=31 {
+                    for elapsed_ms in [0, budget * 1_000 - 1, budget * 1_000, budget * 1_000 + 1] {
+                        let elapsed = Duration::from_millis(elapsed_ms);
+                        let action = action_after(Err(&f), attempt, elapsed, &r);
+                        let retried = attempt < 30 && elapsed_ms < budget * 1_000;
+                        assert_eq!(
+                            matches!(action, Action::Retry { .. }),
+                            retried,
+                            "{code:?} budget {budget} attempt {attempt} elapsed {elapsed_ms}"
+                        );
+                        if !retried {
+                            assert_eq!(action, Action::DeadLetter);
+                        }
+                    }
+                }
+            }
+            let timeout = JobFailure::transient(ErrorCode::Timeout, "slow");
+            assert_eq!(
+                action_after(Err(&timeout), 2, Duration::ZERO, &r),
+                Action::DeadLetter
+            );
+        }
     }
 
     #[test]

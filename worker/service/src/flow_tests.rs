@@ -482,6 +482,7 @@ async fn a_job_logs_one_info_line_whatever_its_outputs_and_stages() {
             data: b"{}",
             properties: &Default::default(),
             attempt: 1,
+            now_ms: 0,
         };
         crate::settle::carry_out(
             &settling,

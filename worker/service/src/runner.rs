@@ -1,5 +1,5 @@
 //! The broker side of the worker: connect, declare, consume jobs and cancel requests, hand each
-//! job to the [`JobFlow`], settle its delivery as [`crate::error::action_for`] decides (through
+//! job to the [`JobFlow`], settle its delivery as [`crate::error::action_after`] decides (through
 //! [`crate::settle::carry_out`]), forward progress, reconnect with backoff when the broker goes
 //! away, and drain on shutdown. Nothing here looks inside a job.
 
@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::error::{Action, JobFailure, action_for};
+use crate::error::{Action, JobFailure, action_after};
 use crate::flow::{JobFlow, JobRun};
 use crate::images;
 use crate::metrics::Metrics;
@@ -243,7 +243,7 @@ async fn session(
     let settings = &runner.settings;
     let broker = settings.broker.connect().await?;
     let control = broker.channel().await?;
-    topology::declare(&control, &settings.topology, settings.retry.max_attempts).await?;
+    topology::declare(&control, &settings.topology, settings.retry.attempt_cap()).await?;
     let publisher = Arc::new(broker.publisher().await?);
     let cancel_queue = topology::declare_cancel_queue(&control, &settings.topology).await?;
     let mut cancels = broker.consume(&cancel_queue, "cancel", 64).await?;
@@ -365,6 +365,7 @@ async fn release(runner: &Runner, publisher: &Publisher, acker: &Acker) {
         data: &[],
         properties: &BasicProperties::default(),
         attempt: 0,
+        now_ms: Utc::now().timestamp_millis(),
     };
     let answer = Answer::Nothing("released".into());
     if let Err(e) = settle::carry_out(
@@ -439,9 +440,11 @@ async fn handle(runner: Arc<Runner>, publisher: Arc<Publisher>, delivery: Delive
             }
         })
         .await;
-        let action = action_for(
+        let now_ms = Utc::now().timestamp_millis();
+        let action = action_after(
             outcome.as_ref().map(|_| ()),
             attempt,
+            settle::since_first_failure(&delivery.properties, now_ms),
             &runner.settings.retry,
         );
         // Received → result final; the result's publish and the ack follow (their histograms).
@@ -469,6 +472,7 @@ async fn handle(runner: Arc<Runner>, publisher: Arc<Publisher>, delivery: Delive
             data: &delivery.data,
             properties: &delivery.properties,
             attempt,
+            now_ms,
         };
         let settling = runner.settling();
         let acker = &delivery.acker;

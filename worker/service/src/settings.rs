@@ -367,9 +367,17 @@ impl Default for ConcurrencyConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
-    /// Attempts in all, the first included; after the last a `failed` result is published and
-    /// the message dead-lettered.
+    /// Attempts in all, the first included, for transient failures other than an outage
+    /// (timeouts, out of memory, inference unavailable); after the last a `failed` result is
+    /// published and the message dead-lettered.
     pub max_attempts: u32,
+    /// How long an outage (`storage_unavailable`, `broker_unavailable`) is retried, in seconds
+    /// from the job's first failure (the `x-inpaint-first-failure-ms` header): a short outage
+    /// delays jobs instead of failing them.
+    pub max_elapsed_secs: u64,
+    /// Upper bound on attempts of an outage-failed job within `max_elapsed_secs` (one delay
+    /// queue is declared per retry up to the larger of this and `max_attempts`).
+    pub max_outage_attempts: u32,
     /// Delay before the second attempt, in milliseconds; doubled for each further attempt.
     pub base_delay_ms: u64,
     /// Longest delay between attempts, in milliseconds.
@@ -380,6 +388,8 @@ impl Default for RetryConfig {
     fn default() -> Self {
         Self {
             max_attempts: 5,
+            max_elapsed_secs: 600,
+            max_outage_attempts: 20,
             base_delay_ms: 1_000,
             max_delay_ms: 60_000,
         }
@@ -387,6 +397,24 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
+    /// Whether failed attempt `attempt` of a transient failure with `code` is retried, `elapsed`
+    /// after the job's first failure: outages while within `max_elapsed_secs` (and
+    /// `max_outage_attempts`), anything else while `attempt < max_attempts`.
+    pub fn retries(&self, code: inpaint_job::ErrorCode, attempt: u32, elapsed: Duration) -> bool {
+        use inpaint_job::ErrorCode::{BrokerUnavailable, StorageUnavailable};
+        if matches!(code, StorageUnavailable | BrokerUnavailable) {
+            attempt < self.max_outage_attempts
+                && elapsed < Duration::from_secs(self.max_elapsed_secs)
+        } else {
+            attempt < self.max_attempts
+        }
+    }
+
+    /// Attempts the delay queues must cover: one queue per retry.
+    pub fn attempt_cap(&self) -> u32 {
+        self.max_attempts.max(self.max_outage_attempts)
+    }
+
     /// The delay after failed attempt `attempt` (1-based): base × 2^(attempt−1), capped.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(32);
@@ -579,6 +607,9 @@ impl Settings {
         if self.retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
         }
+        if self.retry.max_outage_attempts == 0 {
+            return Err(invalid("retry.max_outage_attempts", "must be at least 1"));
+        }
         if self.retry.base_delay_ms == 0 {
             return Err(invalid("retry.base_delay_ms", "must be above 0"));
         }
@@ -732,6 +763,9 @@ mod tests {
             ("concurrency.prefetch", |s| s.concurrency.prefetch = 0),
             ("concurrency.in_flight", |s| s.concurrency.in_flight = 9),
             ("retry.max_attempts", |s| s.retry.max_attempts = 0),
+            ("retry.max_outage_attempts", |s| {
+                s.retry.max_outage_attempts = 0
+            }),
             ("retry.max_delay_ms", |s| s.retry.max_delay_ms = 1),
             ("http.bind", |s| s.http.bind = "localhost".into()),
             ("chain.stages", |s| s.chain.allow_unsafe_chain = false),
@@ -761,6 +795,7 @@ mod tests {
             max_attempts: 10,
             base_delay_ms: 100,
             max_delay_ms: 1_000,
+            ..RetryConfig::default()
         };
         let delays: Vec<u128> = (1..=6).map(|a| r.backoff(a).as_millis()).collect();
         assert_eq!(delays, vec![100, 200, 400, 800, 1_000, 1_000]);

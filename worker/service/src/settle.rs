@@ -19,7 +19,10 @@ use tracing::Instrument;
 
 use crate::error::{Action, JobFailure};
 use crate::metrics::Metrics;
-use crate::topology::{self, ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, ERROR_HEADER, TopologyConfig};
+use crate::topology::{
+    self, ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, ERROR_HEADER, FIRST_FAILURE_MS_HEADER,
+    TopologyConfig,
+};
 
 /// Header on result messages naming the required stages this worker runs without.
 pub const UNSAFE_CHAIN_HEADER: &str = "x-inpaint-unsafe-chain";
@@ -105,6 +108,17 @@ pub struct Received<'a> {
     pub properties: &'a BasicProperties,
     /// The attempt this delivery was.
     pub attempt: u32,
+    /// Now, in Unix milliseconds (stamped on a first retry as the first failure's time).
+    pub now_ms: i64,
+}
+
+/// How long ago the job first failed transiently ([`FIRST_FAILURE_MS_HEADER`]), at `now_ms`;
+/// zero when it has not failed before (or the clock went back).
+pub fn since_first_failure(properties: &BasicProperties, now_ms: i64) -> Duration {
+    topology::header_i64(properties.headers().as_ref(), FIRST_FAILURE_MS_HEADER)
+        .map(|first| now_ms.saturating_sub(first).max(0))
+        .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+        .unwrap_or_default()
 }
 
 /// What settling needs besides the delivery: names and counters.
@@ -287,6 +301,13 @@ fn retry_properties(received: Received<'_>, message: &str, after: Duration) -> B
         ATTEMPT_HEADER.into(),
         AMQPValue::LongLongInt(i64::from(received.attempt) + 1),
     );
+    // The first failure's time stays; the first retry stamps it.
+    if topology::header_i64(Some(&headers), FIRST_FAILURE_MS_HEADER).is_none() {
+        headers.insert(
+            FIRST_FAILURE_MS_HEADER.into(),
+            AMQPValue::LongLongInt(received.now_ms),
+        );
+    }
     headers.insert(
         ERROR_HEADER.into(),
         AMQPValue::LongString(truncate(message, 500).into()),

@@ -111,6 +111,7 @@ async fn settle(
         data: b"{}",
         properties: &properties,
         attempt: 2,
+        now_ms: 0,
     };
     carry_out(&settling, recorder, recorder, received, action, answer).await
 }
@@ -366,6 +367,8 @@ async fn attempts_count_each_delivery_once_through_crashes_and_retries() {
         max_attempts: 4,
         ..Default::default()
     };
+    // Not an outage: counted by attempts (outages are retried by time, tested below).
+    let code = ErrorCode::Timeout;
     let topology = TopologyConfig::with_prefix("t");
     let metrics = Metrics::default();
     let settling = Settling {
@@ -397,7 +400,7 @@ async fn attempts_count_each_delivery_once_through_crashes_and_retries() {
             match fate {
                 Fate::Crash => copy.redeliveries += 1,
                 Fate::Transient => {
-                    let failure = JobFailure::transient(ErrorCode::StorageUnavailable, "503");
+                    let failure = JobFailure::transient(code, "slow");
                     let action = crate::error::action_for(Err(&failure), attempt, &retry);
                     if attempt >= retry.max_attempts {
                         assert_eq!(action, Action::DeadLetter, "{fates:?}");
@@ -409,6 +412,7 @@ async fn attempts_count_each_delivery_once_through_crashes_and_retries() {
                         data: b"{}",
                         properties: &properties,
                         attempt,
+                        now_ms: 0,
                     };
                     carry_out(
                         &settling,
@@ -504,6 +508,7 @@ async fn the_last_delivery_is_answered_not_run() {
                     data: b"not json",
                     properties: &properties,
                     attempt,
+                    now_ms: 0,
                 };
                 carry_out(
                     &settling,
@@ -576,6 +581,7 @@ async fn a_message_crashing_every_delivery_gets_exactly_one_answer() {
                         data: b"{\"job_id\":",
                         properties: &properties,
                         attempt,
+                        now_ms: 0,
                     };
                     carry_out(
                         &settling,
@@ -598,6 +604,118 @@ async fn a_message_crashing_every_delivery_gets_exactly_one_answer() {
             results_published(&recorder.events(), &topology),
             1,
             "limit {limit}"
+        );
+    }
+}
+
+/// Storage down for `outage` seconds from the first attempt, on a fake clock: each attempt
+/// takes 1 s, fails `storage_unavailable` while the outage lasts, and is retried through the
+/// delay queue (the clock moves by the republished delay, read from its expiration). Every
+/// outage shorter than the budget ends `succeeded`, with the attempts counted; a longer one
+/// ends `failed` once the budget (measured from the first failure) is spent — and never
+/// before, whatever `max_attempts` says.
+#[tokio::test]
+async fn an_outage_shorter_than_the_time_budget_delays_jobs_instead_of_failing_them() {
+    let retry = crate::settings::RetryConfig {
+        max_attempts: 3,
+        max_elapsed_secs: 120,
+        max_outage_attempts: 100,
+        base_delay_ms: 500,
+        max_delay_ms: 8_000,
+    };
+    let budget_ms = retry.max_elapsed_secs as i64 * 1_000;
+    let topology = TopologyConfig::with_prefix("t");
+    let metrics = Metrics::default();
+    let settling = Settling {
+        topology: &topology,
+        unsafe_chain: &[],
+        metrics: &metrics,
+    };
+    for outage_s in (0..=200i64).step_by(5) {
+        let start_ms = 1_700_000_000_000i64;
+        let mut now_ms = start_ms;
+        let mut copy = Copy {
+            headers: FieldTable::default(),
+            redeliveries: 0,
+        };
+        let mut first_failure_ms = None;
+        let (status, attempts) = loop {
+            let properties = copy.delivered();
+            let attempt = crate::runner::attempt_of(&properties);
+            now_ms += 1_000; // the attempt runs
+            if now_ms - start_ms >= outage_s * 1_000 {
+                break (JobStatus::Succeeded, attempt);
+            }
+            first_failure_ms.get_or_insert(now_ms);
+            let failure = JobFailure::transient(ErrorCode::StorageUnavailable, "503");
+            let elapsed = since_first_failure(&properties, now_ms);
+            assert_eq!(
+                elapsed.as_millis() as i64,
+                now_ms - first_failure_ms.expect("set"),
+                "outage {outage_s}"
+            );
+            let action = crate::error::action_after(Err(&failure), attempt, elapsed, &retry);
+            let Action::Retry { .. } = action else {
+                assert_eq!(action, Action::DeadLetter, "outage {outage_s}");
+                assert!(
+                    elapsed.as_millis() as i64 >= budget_ms,
+                    "outage {outage_s}: gave up early"
+                );
+                break (JobStatus::Failed, attempt);
+            };
+            let recorder = Recorder::default();
+            let received = Received {
+                data: b"{}",
+                properties: &properties,
+                attempt,
+                now_ms,
+            };
+            carry_out(
+                &settling,
+                &recorder,
+                &recorder,
+                received,
+                action,
+                Answer::Nothing("503".into()),
+            )
+            .await
+            .expect("retried");
+            let Some(Event::Publish {
+                headers: Some(headers),
+                expiration: Some(expiration),
+                ..
+            }) = recorder.events().first().cloned()
+            else {
+                panic!("no republish: {:?}", recorder.events());
+            };
+            let delay: i64 = expiration.parse().expect("expiration in ms");
+            assert!(delay <= retry.max_delay_ms as i64, "{delay}");
+            now_ms += delay;
+            copy = Copy {
+                headers,
+                redeliveries: 0,
+            };
+        };
+        // An outage within the budget always ends succeeded; one outlasting the budget plus
+        // the last delay (and the attempts' own time) always ends failed; in between, the
+        // last retry's timing decides.
+        let outage_ms = outage_s * 1_000;
+        if outage_ms <= budget_ms {
+            assert_eq!(
+                status,
+                JobStatus::Succeeded,
+                "outage {outage_s}s after {attempts} attempts"
+            );
+        } else if outage_ms > budget_ms + retry.max_delay_ms as i64 + 2_000 {
+            assert_eq!(
+                status,
+                JobStatus::Failed,
+                "outage {outage_s}s after {attempts} attempts"
+            );
+        }
+        assert!(
+            attempts > retry.max_attempts || outage_s <= 2,
+            "outage {outage_s}: {attempts}"
         );
     }
 }

@@ -120,7 +120,7 @@ pub async fn submit(
     crate::topology::declare(
         publisher.channel(),
         &settings.topology,
-        settings.retry.max_attempts,
+        settings.retry.attempt_cap(),
     )
     .await
     .with_context(|| {

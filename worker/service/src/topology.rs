@@ -29,6 +29,9 @@ use crate::settings::SettingsError;
 pub const ATTEMPT_HEADER: &str = "x-inpaint-attempt";
 /// Header RabbitMQ's quorum queues set on redelivered messages: earlier deliveries of this copy.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+/// When a job first failed transiently, in Unix milliseconds: set on its first retry and carried
+/// on every later one; outages are retried while within `retry.max_elapsed_secs` of it.
+pub const FIRST_FAILURE_MS_HEADER: &str = "x-inpaint-first-failure-ms";
 /// Header naming the error behind a dead-lettered or retried message (for operators).
 pub const ERROR_HEADER: &str = "x-inpaint-error";
 /// When the producer sent the job, in Unix milliseconds: the header RabbitMQ's
