@@ -199,11 +199,32 @@ pub fn action_after(
         Err(failure) => match failure.code {
             ErrorCode::Expired | ErrorCode::Cancelled => Action::Ack,
             code if failure.transient && retry.retries(code, attempt, elapsed) => Action::Retry {
-                after: retry.backoff(attempt),
+                after: jittered(retry.backoff(attempt), random_unit()),
             },
             _ => Action::DeadLetter,
         },
     }
+}
+
+/// `delay` scaled into (delay/2, delay] by `unit` in [0, 1): jobs failing together in an
+/// outage come back spread out instead of all at once. A delay queue then holds TTLs within a
+/// factor of two of each other, so a message waits at most half its delay more behind a
+/// longer-lived head (RabbitMQ expires messages at the head only).
+pub fn jittered(delay: Duration, unit: f64) -> Duration {
+    delay.mul_f64(1.0 - 0.5 * unit.clamp(0.0, 0.999_999))
+}
+
+/// A number in [0, 1), different on every call (a per-process random hash of a counter).
+fn random_unit() -> f64 {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let hash = SEED
+        .get_or_init(Default::default)
+        .hash_one(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (hash >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
@@ -246,19 +267,40 @@ mod tests {
             assert_eq!(action_for(Err(&f), 1, &r), Action::DeadLetter, "{code:?}");
         }
         let storage = JobFailure::transient(ErrorCode::Timeout, "slow");
-        assert_eq!(
-            action_for(Err(&storage), 1, &r),
-            Action::Retry {
-                after: Duration::from_millis(100)
-            }
-        );
-        assert_eq!(
-            action_for(Err(&storage), 2, &r),
-            Action::Retry {
-                after: Duration::from_millis(200)
-            }
-        );
+        for (attempt, full_ms) in [(1, 100u64), (2, 200)] {
+            let Action::Retry { after } = action_for(Err(&storage), attempt, &r) else {
+                panic!("attempt {attempt} not retried");
+            };
+            let full = Duration::from_millis(full_ms);
+            assert!(after > full / 2 && after <= full, "{after:?} for {full:?}");
+        }
         assert_eq!(action_for(Err(&storage), 3, &r), Action::DeadLetter);
+    }
+
+    /// Every unit gives a delay in (d/2, d], and retries of jobs failing together are spread:
+    /// 1,000 of them at the same attempt get many distinct delays.
+    #[test]
+    fn retry_delays_are_jittered_within_half_to_full() {
+        let full = Duration::from_millis(8_000);
+        for i in 0..=1_000 {
+            let unit = f64::from(i) / 1_000.0;
+            let d = jittered(full, unit);
+            assert!(d > full / 2 && d <= full, "unit {unit}: {d:?}");
+        }
+        let r = retry();
+        let f = JobFailure::transient(ErrorCode::StorageUnavailable, "503");
+        let delays: std::collections::BTreeSet<Duration> = (0..1_000)
+            .map(|_| match action_for(Err(&f), 2, &r) {
+                Action::Retry { after } => after,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(delays.len() > 50, "{} distinct delays", delays.len());
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d > Duration::from_millis(100) && *d <= Duration::from_millis(200))
+        );
     }
 
     /// Outages are retried by time, whatever `max_attempts` says: every budget, elapsed time

@@ -378,7 +378,8 @@ pub struct RetryConfig {
     /// Upper bound on attempts of an outage-failed job within `max_elapsed_secs` (one delay
     /// queue is declared per retry up to the larger of this and `max_attempts`).
     pub max_outage_attempts: u32,
-    /// Delay before the second attempt, in milliseconds; doubled for each further attempt.
+    /// Delay before the second attempt, in milliseconds; doubled for each further attempt, and
+    /// each delay jittered into (half, full] of that (`crate::error::jittered`).
     pub base_delay_ms: u64,
     /// Longest delay between attempts, in milliseconds.
     pub max_delay_ms: u64,
