@@ -83,7 +83,7 @@ fn hard_input() -> RgbImage {
     ];
     RgbImage::from_fn(SIZE, SIZE, |x, y| {
         let checker = |cell: u32| {
-            if (x / cell + y / cell) % 2 == 0 {
+            if (x / cell + y / cell).is_multiple_of(2) {
                 Rgb([0, 0, 255])
             } else {
                 Rgb([255, 255, 0])
