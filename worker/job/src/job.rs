@@ -274,8 +274,10 @@ pub struct OutputSpec {
     pub bucket: String,
 
     /// Key prefix inside the bucket, e.g. `tenants/42/inpaint`. One trailing `/` is ignored;
-    /// no leading `/`, no empty, `.` or `..` segments, at most 512 bytes. Empty: the bucket's
-    /// root.
+    /// no leading `/`, no empty, `.` or `..` segments. At most 512 bytes of UTF-8 (so that
+    /// every output key stays within S3's 1,024 bytes): `maxLength` counts characters, so a
+    /// prefix of at most 512 characters whose UTF-8 takes more than 512 bytes passes this schema
+    /// and is refused by the worker with `invalid_parameter`. Empty: the bucket's root.
     #[serde(default)]
     #[schemars(length(max = MAX_PREFIX_BYTES), regex(pattern = schema::PREFIX_PATTERN))]
     pub prefix: String,
@@ -528,8 +530,10 @@ impl InpaintJob {
             return Err(JobError::invalid(
                 "output.prefix",
                 format!(
-                    "must be at most {MAX_PREFIX_BYTES} bytes, got {}",
-                    out.prefix.len()
+                    "must be at most {MAX_PREFIX_BYTES} bytes of UTF-8, got {} bytes ({} \
+                     characters)",
+                    out.prefix.len(),
+                    out.prefix.chars().count()
                 ),
             ));
         }

@@ -159,6 +159,12 @@ fn classify(error: JobError, value: &Value) -> JobError {
         Some(Value::String(text))
             if (path == "image" || path == "mask") && text.starts_with("s3://") =>
         {
+            // The storage rule's reason alone ("key is 1025 bytes, more than S3's 1024"):
+            // serde's message repeats the whole reference, up to 1,100 characters of it.
+            let message = match text.parse::<inpaint_storage::ObjectRef>() {
+                Err(inpaint_storage::StorageError::InvalidRef { reason, .. }) => reason,
+                _ => message,
+            };
             JobError::invalid(path, message)
         }
         _ => JobError::SchemaViolation { path, message },

@@ -48,7 +48,10 @@ impl JsonSchema for S3Uri {
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "An object in S3-compatible storage: `s3://bucket/key`.",
+            "description": "An object in S3-compatible storage: `s3://bucket/key`. The key is at \
+                most 1,024 bytes of UTF-8 (S3's limit). `maxLength` counts characters, so it \
+                bounds only the whole reference: a job whose key is over 1,024 bytes passes \
+                this schema and is refused by the worker with `invalid_parameter`.",
             "type": "string",
             "pattern": S3_URI_PATTERN,
             "maxLength": 1100,
