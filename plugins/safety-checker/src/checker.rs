@@ -180,7 +180,7 @@ impl SafetyChecker {
         } else {
             root.sub("vision_model")
         };
-        let vision = ClipVisionModel::load(&tower, &config.vision);
+        let vision = ClipVisionModel::load(&tower, &config.vision)?;
         let (hidden, proj) = (config.vision.hidden_size, config.projection_dim);
         let visual_projection = Linear::load(&root.sub("visual_projection"), hidden, proj, false);
         let concept_embeds = root.get("concept_embeds", &[CONCEPTS as i64, proj]);

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use inpaint_engine::models::clip::Activation;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -102,7 +103,7 @@ impl VisionConfig {
                 ),
             ));
         }
-        if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
+        if Activation::from_name(&self.hidden_act).is_none() {
             return Err(config_error(
                 path,
                 format!("unsupported vision hidden_act {:?}", self.hidden_act),

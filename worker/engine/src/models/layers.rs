@@ -1,7 +1,7 @@
 //! The basic layers every model is built from (linear, conv, norms), as plain weight holders
 //! with a functional forward: no autograd state, no random initialisation.
 
-use tch::Tensor;
+use tch::{TchError, Tensor};
 
 use crate::weights::Weights;
 
@@ -21,7 +21,14 @@ impl Linear {
         }
     }
 
+    /// [`Linear::f_forward`] for callers whose shapes are fixed by the model (panics on a
+    /// libtorch error, as tch's non-`f_` ops do).
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.f_forward(x).unwrap_or_else(|e| panic!("linear: {e}"))
+    }
+
+    /// `x Wᵀ + b`, or libtorch's error (a last dimension that is not `in`, for example).
+    pub fn f_forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         // On the CPU, a matmul with one or two rows per sample (the UNet's deepest attention at
         // small sizes) takes another kernel than the same rows inside a taller batch matrix, so
         // a sample's bits would depend on its batch; from 4 rows on they do not (probed over SD
@@ -29,12 +36,12 @@ impl Linear {
         // batched, at negligible cost.
         let size = x.size();
         if x.device() == tch::Device::Cpu && size.len() == 3 && size[0] > 1 && size[1] < FEW_ROWS {
-            let rows: Vec<Tensor> = (0..size[0])
-                .map(|i| x.get(i).linear(&self.weight, self.bias.as_ref()))
-                .collect();
-            return Tensor::stack(&rows, 0);
+            let rows = (0..size[0])
+                .map(|i| x.f_get(i)?.f_linear(&self.weight, self.bias.as_ref()))
+                .collect::<Result<Vec<Tensor>, TchError>>()?;
+            return Tensor::f_stack(&rows, 0);
         }
-        x.linear(&self.weight, self.bias.as_ref())
+        x.f_linear(&self.weight, self.bias.as_ref())
     }
 }
 
@@ -153,8 +160,16 @@ impl LayerNorm {
         }
     }
 
+    /// [`LayerNorm::f_forward`] for callers whose shapes are fixed by the model (panics on a
+    /// libtorch error, as tch's non-`f_` ops do).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm(
+        self.f_forward(x)
+            .unwrap_or_else(|e| panic!("layer norm: {e}"))
+    }
+
+    /// The normalised `x`, or libtorch's error (a last dimension that is not `dim`).
+    pub fn f_forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        x.f_layer_norm(
             [self.dim],
             Some(&self.weight),
             Some(&self.bias),
