@@ -1,11 +1,12 @@
 //! Arithmetic the schedulers share, written to round exactly like diffusers' numpy/torch code:
 //! the fp32 beta schedule and `alphas_cumprod` (computed by libtorch itself), numpy's `linspace`,
 //! `arange`, `interp` and round-half-to-even, the sigma ↔ timestep conversions and Karras sigmas,
-//! and helpers for fp32 tensor-times-scalar arithmetic.
+//! the integer timesteps and forward process of the DDPM family (PNDM, DDIM), and helpers for fp32
+//! tensor-times-scalar arithmetic. (The sigma schedulers' shared state is in `sigmas`.)
 
 use tch::{Device, Kind, Tensor};
 
-use super::{BetaSchedule, SchedulerConfig};
+use super::{BetaSchedule, SchedulerConfig, TimestepSpacing};
 use crate::EngineError;
 
 /// A scheduler configuration problem.
@@ -166,6 +167,53 @@ pub(crate) fn as_kind(value: f32, kind: Kind) -> Result<f64, EngineError> {
         return Ok(f64::from(value));
     }
     Ok(Tensor::from(value).f_to_kind(kind)?.f_double_value(&[])?)
+}
+
+/// The integer inference timesteps of the DDPM-family schedulers, in stepping (descending)
+/// order: DDIM's `timesteps`, and PNDM's `_timesteps` reversed. Both default to `leading`.
+pub(crate) fn ddpm_timesteps(config: &SchedulerConfig, steps: usize) -> Vec<i64> {
+    let n = config.num_train_timesteps();
+    match config.timestep_spacing.unwrap_or(TimestepSpacing::Leading) {
+        TimestepSpacing::Linspace => linspace(0.0, (n - 1) as f64, steps)
+            .into_iter()
+            .rev()
+            .map(|t| t.round_ties_even() as i64)
+            .collect(),
+        TimestepSpacing::Leading => {
+            let ratio = (n / steps) as i64;
+            let offset = config.steps_offset.unwrap_or(0);
+            (0..steps as i64)
+                .rev()
+                .map(|i| i * ratio + offset)
+                .collect()
+        }
+        TimestepSpacing::Trailing => arange(n as f64, 0.0, -(n as f64 / steps as f64))
+            .into_iter()
+            .map(|t| t.round_ties_even() as i64 - 1)
+            .collect(),
+    }
+}
+
+/// `sqrt(ᾱ_t) * original + sqrt(1 - ᾱ_t) * noise`, the forward process of the DDPM-family
+/// schedulers (PNDM, DDIM), with ᾱ cast to the sample's dtype first as diffusers does.
+pub(crate) fn ddpm_add_noise(
+    alphas_cumprod: &[f32],
+    original: &Tensor,
+    noise: &Tensor,
+    timestep: f64,
+) -> Result<Tensor, EngineError> {
+    let index = train_index(timestep, alphas_cumprod.len())?;
+    let kind = original.kind();
+    let alpha = Tensor::from(alphas_cumprod[index]).f_to_kind(kind)?;
+    let sqrt_alpha = alpha.f_pow_tensor_scalar(0.5)?.f_double_value(&[])?;
+    let sqrt_one_minus = alpha
+        .f_neg()?
+        .f_add_scalar(1)?
+        .f_pow_tensor_scalar(0.5)?
+        .f_double_value(&[])?;
+    Ok(original
+        .f_mul_scalar(sqrt_alpha)?
+        .f_add(&noise.f_mul_scalar(sqrt_one_minus)?)?)
 }
 
 /// Checks that a timestep of an integer schedule is an integer inside the training range.

@@ -4,10 +4,7 @@
 use tch::Tensor;
 
 use super::common::{self, config_error};
-use super::pndm::ddpm_add_noise;
-use super::{
-    NoiseSource, PredictionType, Scheduler, SchedulerConfig, SchedulerKind, TimestepSpacing,
-};
+use super::{NoiseSource, PredictionType, Scheduler, SchedulerConfig, SchedulerKind};
 use crate::EngineError;
 
 /// diffusers' `DDIMScheduler` (no thresholding, no zero-SNR rescaling).
@@ -55,27 +52,7 @@ impl DdimScheduler {
         } else {
             None
         };
-        let steps = num_inference_steps;
-        let timesteps: Vec<i64> = match config.timestep_spacing.unwrap_or(TimestepSpacing::Leading)
-        {
-            TimestepSpacing::Linspace => common::linspace(0.0, (n - 1) as f64, steps)
-                .into_iter()
-                .rev()
-                .map(|t| t.round_ties_even() as i64)
-                .collect(),
-            TimestepSpacing::Leading => {
-                let ratio = (n / steps) as i64;
-                let offset = config.steps_offset.unwrap_or(0);
-                (0..steps as i64)
-                    .rev()
-                    .map(|i| i * ratio + offset)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => common::arange(n as f64, 0.0, -(n as f64 / steps as f64))
-                .into_iter()
-                .map(|t| t.round_ties_even() as i64 - 1)
-                .collect(),
-        };
+        let timesteps = common::ddpm_timesteps(config, num_inference_steps);
         if let Some(bad) = timesteps.iter().find(|&&t| t < 0 || t >= n as i64) {
             return Err(config_error(format!(
                 "DDIM timestep {bad} falls outside 0..{n}"
@@ -103,21 +80,8 @@ impl Scheduler for DdimScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn set_begin_index(&mut self, _begin_index: usize) {
-        // DDIMScheduler has no set_begin_index: every step is computed from its timestep alone.
-    }
-
-    fn scale_model_input(
-        &mut self,
-        sample: &Tensor,
-        _timestep: f64,
-    ) -> Result<Tensor, EngineError> {
-        Ok(sample.shallow_clone())
-    }
+    // init_noise_sigma, set_begin_index and scale_model_input: the trait's defaults (1, none:
+    // every step is computed from its timestep alone, the identity).
 
     fn step(
         &mut self,
@@ -188,7 +152,7 @@ impl Scheduler for DdimScheduler {
         noise: &Tensor,
         timestep: f64,
     ) -> Result<Tensor, EngineError> {
-        ddpm_add_noise(&self.alphas_cumprod, original, noise, timestep)
+        common::ddpm_add_noise(&self.alphas_cumprod, original, noise, timestep)
     }
 }
 
@@ -197,7 +161,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::schedulers::{BetaSchedule, NoNoise, build};
+    use crate::schedulers::{BetaSchedule, NoNoise, TimestepSpacing, build};
 
     fn sd15() -> SchedulerConfig {
         SchedulerConfig {

@@ -5,7 +5,7 @@
 use tch::Tensor;
 
 use super::common::{self, config_error};
-use super::euler::{SigmaSteps, sigma_at};
+use super::sigmas::{SigmaSchedule, UnknownTimestep};
 use super::{
     FinalSigmasType, NoiseSource, PredictionType, Scheduler, SchedulerConfig, SchedulerKind,
     TimestepSpacing,
@@ -29,12 +29,10 @@ pub struct DpmSolverMultistepScheduler {
     lower_order_final: bool,
     euler_at_final: bool,
     final_sigmas_zero: bool,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
+    schedule: SigmaSchedule,
     /// The converted (x0) model outputs of the last `solver_order` steps, oldest first.
     model_outputs: Vec<Option<Tensor>>,
     lower_order_nums: usize,
-    steps: SigmaSteps,
 }
 
 /// `_sigma_to_alpha_sigma_t`: (alpha_t, sigma_t) = (1 / sqrt(σ² + 1), σ · alpha_t), in fp32.
@@ -158,17 +156,14 @@ impl DpmSolverMultistepScheduler {
             lower_order_final: config.lower_order_final.unwrap_or(true),
             euler_at_final: config.euler_at_final.unwrap_or(false),
             final_sigmas_zero: final_sigmas_type == FinalSigmasType::Zero,
-            timesteps: timesteps.into_iter().map(|t| t as f64).collect(),
-            sigmas: sigmas64.into_iter().map(|s| s as f32).collect(),
+            schedule: SigmaSchedule::new(
+                timesteps.into_iter().map(|t| t as f64).collect(),
+                sigmas64.into_iter().map(|s| s as f32).collect(),
+                UnknownTimestep::LastStep,
+            ),
             model_outputs: (0..solver_order).map(|_| None).collect(),
             lower_order_nums: 0,
-            steps: SigmaSteps::default(),
         })
-    }
-
-    /// DPM's `index_for_timestep`: a timestep not in the schedule maps to the last step.
-    fn index_of(timesteps: &[f64], timestep: f64) -> usize {
-        common::index_for_timestep(timesteps, timestep).unwrap_or(timesteps.len().saturating_sub(1))
     }
 
     /// `convert_model_output` for dpmsolver++: the predicted clean sample.
@@ -196,8 +191,8 @@ impl DpmSolverMultistepScheduler {
         m0: &Tensor,
         sample: &Tensor,
     ) -> Result<Tensor, EngineError> {
-        let (alpha_t, sigma_t) = alpha_sigma(sigma_at(&self.sigmas, index + 1)?);
-        let (alpha_s, sigma_s) = alpha_sigma(sigma_at(&self.sigmas, index)?);
+        let (alpha_t, sigma_t) = alpha_sigma(self.schedule.sigma(index + 1)?);
+        let (alpha_s, sigma_s) = alpha_sigma(self.schedule.sigma(index)?);
         let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
         // (sigma_t / sigma_s) * sample - (alpha_t * (exp(-h) - 1)) * m0
         Ok(common::scale(sample, sigma_t / sigma_s)?
@@ -211,9 +206,9 @@ impl DpmSolverMultistepScheduler {
         m1: &Tensor,
         sample: &Tensor,
     ) -> Result<Tensor, EngineError> {
-        let (alpha_t, sigma_t) = alpha_sigma(sigma_at(&self.sigmas, index + 1)?);
-        let (alpha_s0, sigma_s0) = alpha_sigma(sigma_at(&self.sigmas, index)?);
-        let (alpha_s1, sigma_s1) = alpha_sigma(sigma_at(&self.sigmas, index.wrapping_sub(1))?);
+        let (alpha_t, sigma_t) = alpha_sigma(self.schedule.sigma(index + 1)?);
+        let (alpha_s0, sigma_s0) = alpha_sigma(self.schedule.sigma(index)?);
+        let (alpha_s1, sigma_s1) = alpha_sigma(self.schedule.sigma(index.wrapping_sub(1))?);
         let lambda_t = lambda(alpha_t, sigma_t);
         let lambda_s0 = lambda(alpha_s0, sigma_s0);
         let lambda_s1 = lambda(alpha_s1, sigma_s1);
@@ -239,10 +234,10 @@ impl DpmSolverMultistepScheduler {
         m2: &Tensor,
         sample: &Tensor,
     ) -> Result<Tensor, EngineError> {
-        let (alpha_t, sigma_t) = alpha_sigma(sigma_at(&self.sigmas, index + 1)?);
-        let (alpha_s0, sigma_s0) = alpha_sigma(sigma_at(&self.sigmas, index)?);
-        let (alpha_s1, sigma_s1) = alpha_sigma(sigma_at(&self.sigmas, index.wrapping_sub(1))?);
-        let (alpha_s2, sigma_s2) = alpha_sigma(sigma_at(&self.sigmas, index.wrapping_sub(2))?);
+        let (alpha_t, sigma_t) = alpha_sigma(self.schedule.sigma(index + 1)?);
+        let (alpha_s0, sigma_s0) = alpha_sigma(self.schedule.sigma(index)?);
+        let (alpha_s1, sigma_s1) = alpha_sigma(self.schedule.sigma(index.wrapping_sub(1))?);
+        let (alpha_s2, sigma_s2) = alpha_sigma(self.schedule.sigma(index.wrapping_sub(2))?);
         let lambda_t = lambda(alpha_t, sigma_t);
         let lambda_s0 = lambda(alpha_s0, sigma_s0);
         let lambda_s1 = lambda(alpha_s1, sigma_s1);
@@ -275,27 +270,15 @@ impl Scheduler for DpmSolverMultistepScheduler {
     }
 
     fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+        self.schedule.timesteps()
     }
 
     fn sigmas(&self) -> Option<&[f32]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
+        Some(self.schedule.sigmas())
     }
 
     fn set_begin_index(&mut self, begin_index: usize) {
-        self.steps.begin_index = Some(begin_index);
-    }
-
-    fn scale_model_input(
-        &mut self,
-        sample: &Tensor,
-        _timestep: f64,
-    ) -> Result<Tensor, EngineError> {
-        Ok(sample.shallow_clone())
+        self.schedule.set_begin_index(begin_index);
     }
 
     fn step(
@@ -305,18 +288,15 @@ impl Scheduler for DpmSolverMultistepScheduler {
         sample: &Tensor,
         _noise: &mut dyn NoiseSource,
     ) -> Result<Tensor, EngineError> {
-        let timesteps = &self.timesteps;
-        let index = self
-            .steps
-            .current(|| Ok(Self::index_of(timesteps, timestep)))?;
-        let len = self.timesteps.len();
+        let index = self.schedule.current(timestep)?;
+        let len = self.schedule.timesteps().len();
         let lower_order_final = index + 1 == len
             && (self.euler_at_final
                 || (self.lower_order_final && len < 15)
                 || self.final_sigmas_zero);
         let lower_order_second = index + 2 == len && self.lower_order_final && len < 15;
 
-        let x0 = self.to_x0(model_output, sample, sigma_at(&self.sigmas, index)?)?;
+        let x0 = self.to_x0(model_output, sample, self.schedule.sigma(index)?)?;
         self.model_outputs.remove(0);
         self.model_outputs.push(Some(x0.shallow_clone()));
         let sample = common::to_f32(sample)?;
@@ -339,7 +319,7 @@ impl Scheduler for DpmSolverMultistepScheduler {
         if self.lower_order_nums < self.solver_order {
             self.lower_order_nums += 1;
         }
-        self.steps.step_index = Some(index + 1);
+        self.schedule.advance(index);
         Ok(prev.f_to_kind(model_output.kind())?)
     }
 
@@ -349,10 +329,9 @@ impl Scheduler for DpmSolverMultistepScheduler {
         noise: &Tensor,
         timestep: f64,
     ) -> Result<Tensor, EngineError> {
-        let index = self
-            .steps
-            .for_add_noise(|| Ok(Self::index_of(&self.timesteps, timestep)))?;
-        let sigma = sigma_at(&self.sigmas, index)?;
+        let sigma = self
+            .schedule
+            .sigma(self.schedule.for_add_noise(timestep)?)?;
         // diffusers casts sigma to the sample's dtype, then computes alpha_t and sigma_t in it.
         let kind = original.kind();
         let s = Tensor::from(sigma).f_to_kind(kind)?;

@@ -1,68 +1,16 @@
 //! `EulerDiscreteScheduler` (deterministic Euler steps in sigma space, optionally on Karras
-//! sigmas), and `SigmaSteps`, the step-index bookkeeping every sigma-based scheduler shares
-//! (`step_index`, `begin_index`, `index_for_timestep`).
+//! sigmas), and the arithmetic it shares with `EulerAncestralDiscreteScheduler` (schedule,
+//! `init_noise_sigma`, input scaling, clean-sample prediction, `add_noise`).
 
 use tch::Tensor;
 
 use super::common::{self, config_error};
+use super::sigmas::{SigmaSchedule, UnknownTimestep};
 use super::{
     FinalSigmasType, NoiseSource, PredictionType, Scheduler, SchedulerConfig, SchedulerKind,
     TimestepSpacing,
 };
 use crate::EngineError;
-
-/// Where a sigma-based scheduler is in its schedule, with diffusers' rules for finding out.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SigmaSteps {
-    pub(crate) step_index: Option<usize>,
-    pub(crate) begin_index: Option<usize>,
-}
-
-impl SigmaSteps {
-    /// `_init_step_index`: the begin index if the pipeline set one, else the timestep's position
-    /// (`lookup`, which differs between Euler and DPM for a timestep not in the schedule).
-    pub(crate) fn current(
-        &mut self,
-        lookup: impl FnOnce() -> Result<usize, EngineError>,
-    ) -> Result<usize, EngineError> {
-        if let Some(index) = self.step_index {
-            return Ok(index);
-        }
-        let index = match self.begin_index {
-            Some(begin) => begin,
-            None => lookup()?,
-        };
-        self.step_index = Some(index);
-        Ok(index)
-    }
-
-    /// The sigma index `add_noise` uses: the timestep's position without a begin index, else the
-    /// current step index, else the begin index.
-    pub(crate) fn for_add_noise(
-        &self,
-        lookup: impl FnOnce() -> Result<usize, EngineError>,
-    ) -> Result<usize, EngineError> {
-        match (self.begin_index, self.step_index) {
-            (None, _) => lookup(),
-            (Some(_), Some(step)) => Ok(step),
-            (Some(begin), None) => Ok(begin),
-        }
-    }
-}
-
-/// Euler's `index_for_timestep`: a timestep that is not in the schedule is an error.
-pub(crate) fn euler_index(timesteps: &[f64], timestep: f64) -> Result<usize, EngineError> {
-    common::index_for_timestep(timesteps, timestep).ok_or_else(|| {
-        EngineError::InvalidInput(format!("timestep {timestep} is not in the schedule"))
-    })
-}
-
-/// The sigma at `index`, or an error once the schedule is exhausted.
-pub(crate) fn sigma_at(sigmas: &[f32], index: usize) -> Result<f32, EngineError> {
-    sigmas.get(index).copied().ok_or_else(|| {
-        EngineError::InvalidInput(format!("step {index} is past the end of the schedule"))
-    })
-}
 
 /// The inference timesteps (fp32) of `EulerDiscreteScheduler`/`EulerAncestralDiscreteScheduler`
 /// before any Karras conversion, in stepping order.
@@ -99,8 +47,14 @@ pub(crate) fn euler_init_noise_sigma(sigmas: &[f32], spacing: TimestepSpacing) -
     }
 }
 
-/// `sample / sqrt(sigma² + 1)`, the Euler schedulers' input scaling.
-pub(crate) fn euler_scale(sample: &Tensor, sigma: f32) -> Result<Tensor, EngineError> {
+/// `sample / sqrt(sigma² + 1)` at the current step, the Euler schedulers' input scaling.
+pub(crate) fn euler_scale_model_input(
+    schedule: &mut SigmaSchedule,
+    sample: &Tensor,
+    timestep: f64,
+) -> Result<Tensor, EngineError> {
+    let index = schedule.current(timestep)?;
+    let sigma = schedule.sigma(index)?;
     Ok(sample.f_div_scalar(f64::from((sigma * sigma + 1.0).sqrt()))?)
 }
 
@@ -124,10 +78,12 @@ pub(crate) fn euler_pred_original(
 
 /// `original + noise * sigma` with sigma cast to the sample's dtype (Euler `add_noise`).
 pub(crate) fn euler_add_noise(
+    schedule: &SigmaSchedule,
     original: &Tensor,
     noise: &Tensor,
-    sigma: f32,
+    timestep: f64,
 ) -> Result<Tensor, EngineError> {
+    let sigma = schedule.sigma(schedule.for_add_noise(timestep)?)?;
     let sigma = common::as_kind(sigma, original.kind())?;
     Ok(original.f_add(&noise.f_mul_scalar(sigma)?)?)
 }
@@ -136,10 +92,8 @@ pub(crate) fn euler_add_noise(
 #[derive(Debug)]
 pub struct EulerDiscreteScheduler {
     prediction_type: PredictionType,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
     init_noise_sigma: f64,
-    steps: SigmaSteps,
+    schedule: SigmaSchedule,
 }
 
 impl EulerDiscreteScheduler {
@@ -193,9 +147,7 @@ impl EulerDiscreteScheduler {
         Ok(Self {
             prediction_type: config.prediction_type(),
             init_noise_sigma: euler_init_noise_sigma(&sigmas, spacing),
-            timesteps,
-            sigmas,
-            steps: SigmaSteps::default(),
+            schedule: SigmaSchedule::new(timesteps, sigmas, UnknownTimestep::Error),
         })
     }
 }
@@ -206,11 +158,11 @@ impl Scheduler for EulerDiscreteScheduler {
     }
 
     fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+        self.schedule.timesteps()
     }
 
     fn sigmas(&self) -> Option<&[f32]> {
-        Some(&self.sigmas)
+        Some(self.schedule.sigmas())
     }
 
     fn init_noise_sigma(&self) -> f64 {
@@ -218,13 +170,11 @@ impl Scheduler for EulerDiscreteScheduler {
     }
 
     fn set_begin_index(&mut self, begin_index: usize) {
-        self.steps.begin_index = Some(begin_index);
+        self.schedule.set_begin_index(begin_index);
     }
 
     fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor, EngineError> {
-        let timesteps = &self.timesteps;
-        let index = self.steps.current(|| euler_index(timesteps, timestep))?;
-        euler_scale(sample, sigma_at(&self.sigmas, index)?)
+        euler_scale_model_input(&mut self.schedule, sample, timestep)
     }
 
     fn step(
@@ -234,10 +184,9 @@ impl Scheduler for EulerDiscreteScheduler {
         sample: &Tensor,
         _noise: &mut dyn NoiseSource,
     ) -> Result<Tensor, EngineError> {
-        let timesteps = &self.timesteps;
-        let index = self.steps.current(|| euler_index(timesteps, timestep))?;
-        let sigma = sigma_at(&self.sigmas, index)?;
-        let sigma_next = sigma_at(&self.sigmas, index + 1)?;
+        let index = self.schedule.current(timestep)?;
+        let sigma = self.schedule.sigma(index)?;
+        let sigma_next = self.schedule.sigma(index + 1)?;
         let sample = common::to_f32(sample)?;
         // gamma = 0 without churn, so sigma_hat = sigma * (0 + 1) = sigma.
         let sigma_hat = sigma;
@@ -248,7 +197,7 @@ impl Scheduler for EulerDiscreteScheduler {
             .f_div_scalar(f64::from(sigma_hat))?;
         let dt = sigma_next - sigma_hat;
         let prev = sample.f_add(&common::scale(&derivative, dt)?)?;
-        self.steps.step_index = Some(index + 1);
+        self.schedule.advance(index);
         Ok(prev.f_to_kind(model_output.kind())?)
     }
 
@@ -258,10 +207,7 @@ impl Scheduler for EulerDiscreteScheduler {
         noise: &Tensor,
         timestep: f64,
     ) -> Result<Tensor, EngineError> {
-        let index = self
-            .steps
-            .for_add_noise(|| euler_index(&self.timesteps, timestep))?;
-        euler_add_noise(original, noise, sigma_at(&self.sigmas, index)?)
+        euler_add_noise(&self.schedule, original, noise, timestep)
     }
 }
 

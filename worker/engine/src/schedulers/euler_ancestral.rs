@@ -6,9 +6,10 @@ use tch::Tensor;
 
 use super::common;
 use super::euler::{
-    SigmaSteps, euler_add_noise, euler_index, euler_init_noise_sigma, euler_pred_original,
-    euler_scale, euler_timesteps, sigma_at,
+    euler_add_noise, euler_init_noise_sigma, euler_pred_original, euler_scale_model_input,
+    euler_timesteps,
 };
+use super::sigmas::{SigmaSchedule, UnknownTimestep};
 use super::{
     NoiseSource, PredictionType, Scheduler, SchedulerConfig, SchedulerKind, TimestepSpacing,
 };
@@ -18,10 +19,8 @@ use crate::EngineError;
 #[derive(Debug)]
 pub struct EulerAncestralDiscreteScheduler {
     prediction_type: PredictionType,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
     init_noise_sigma: f64,
-    steps: SigmaSteps,
+    schedule: SigmaSchedule,
 }
 
 impl EulerAncestralDiscreteScheduler {
@@ -41,9 +40,11 @@ impl EulerAncestralDiscreteScheduler {
         Ok(Self {
             prediction_type: config.prediction_type(),
             init_noise_sigma: euler_init_noise_sigma(&sigmas, spacing),
-            timesteps: timesteps32.into_iter().map(f64::from).collect(),
-            sigmas,
-            steps: SigmaSteps::default(),
+            schedule: SigmaSchedule::new(
+                timesteps32.into_iter().map(f64::from).collect(),
+                sigmas,
+                UnknownTimestep::Error,
+            ),
         })
     }
 }
@@ -54,11 +55,11 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
     }
 
     fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+        self.schedule.timesteps()
     }
 
     fn sigmas(&self) -> Option<&[f32]> {
-        Some(&self.sigmas)
+        Some(self.schedule.sigmas())
     }
 
     fn init_noise_sigma(&self) -> f64 {
@@ -66,13 +67,11 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
     }
 
     fn set_begin_index(&mut self, begin_index: usize) {
-        self.steps.begin_index = Some(begin_index);
+        self.schedule.set_begin_index(begin_index);
     }
 
     fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor, EngineError> {
-        let timesteps = &self.timesteps;
-        let index = self.steps.current(|| euler_index(timesteps, timestep))?;
-        euler_scale(sample, sigma_at(&self.sigmas, index)?)
+        euler_scale_model_input(&mut self.schedule, sample, timestep)
     }
 
     fn step(
@@ -82,10 +81,9 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
         sample: &Tensor,
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor, EngineError> {
-        let timesteps = &self.timesteps;
-        let index = self.steps.current(|| euler_index(timesteps, timestep))?;
-        let sigma = sigma_at(&self.sigmas, index)?;
-        let sigma_to = sigma_at(&self.sigmas, index + 1)?;
+        let index = self.schedule.current(timestep)?;
+        let sigma = self.schedule.sigma(index)?;
+        let sigma_to = self.schedule.sigma(index + 1)?;
         let sample = common::to_f32(sample)?;
         let pred_original =
             euler_pred_original(self.prediction_type, model_output, &sample, sigma)?;
@@ -106,7 +104,7 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
             model_output.device(),
         )?;
         let prev = prev.f_add(&common::scale(&fresh, sigma_up)?)?;
-        self.steps.step_index = Some(index + 1);
+        self.schedule.advance(index);
         Ok(prev.f_to_kind(model_output.kind())?)
     }
 
@@ -116,10 +114,7 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
         noise: &Tensor,
         timestep: f64,
     ) -> Result<Tensor, EngineError> {
-        let index = self
-            .steps
-            .for_add_noise(|| euler_index(&self.timesteps, timestep))?;
-        euler_add_noise(original, noise, sigma_at(&self.sigmas, index)?)
+        euler_add_noise(&self.schedule, original, noise, timestep)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod noise;
 pub mod pndm;
 
 mod common;
+mod sigmas;
 
 use std::fmt;
 use std::str::FromStr;
@@ -55,15 +56,25 @@ pub trait Scheduler: Send + fmt::Debug {
         None
     }
 
-    /// The factor the initial noise is multiplied with (`latents = noise * init_noise_sigma`).
-    fn init_noise_sigma(&self) -> f64;
+    /// The factor the initial noise is multiplied with (`latents = noise * init_noise_sigma`):
+    /// 1 unless the scheduler says otherwise (the Euler schedulers).
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
 
     /// diffusers' `set_begin_index`: the index of the first timestep that will be stepped (the
-    /// strength cut). A no-op for schedulers that have none in diffusers (PNDM, DDIM).
-    fn set_begin_index(&mut self, begin_index: usize);
+    /// strength cut). A no-op unless the scheduler has one in diffusers (the sigma-based ones;
+    /// PNDM and DDIM have none).
+    fn set_begin_index(&mut self, begin_index: usize) {
+        let _ = begin_index;
+    }
 
-    /// Scales the UNet input for timestep `t` (identity except for the Euler schedulers).
-    fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor, EngineError>;
+    /// Scales the UNet input for timestep `t`: the identity unless the scheduler says otherwise
+    /// (the Euler schedulers).
+    fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor, EngineError> {
+        let _ = timestep;
+        Ok(sample.shallow_clone())
+    }
 
     /// One denoising step from `sample` at `timestep`, given the (guided) model output. Stochastic
     /// schedulers draw their noise from `noise`; deterministic ones never touch it.

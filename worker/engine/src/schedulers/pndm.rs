@@ -9,9 +9,7 @@
 use tch::Tensor;
 
 use super::common::{self, config_error};
-use super::{
-    NoiseSource, PredictionType, Scheduler, SchedulerConfig, SchedulerKind, TimestepSpacing,
-};
+use super::{NoiseSource, PredictionType, Scheduler, SchedulerConfig, SchedulerKind};
 use crate::EngineError;
 
 /// diffusers' `PNDMScheduler` with `skip_prk_steps=True`.
@@ -58,8 +56,10 @@ impl PndmScheduler {
         } else {
             alphas_cumprod[0]
         };
-        let base = base_timesteps(config, num_inference_steps);
+        // `_timesteps` of `set_timesteps` (ascending), then
         // plms_timesteps = concat(ts[:-1], ts[-2:-1], ts[-1:])[::-1]
+        let mut base = common::ddpm_timesteps(config, num_inference_steps);
+        base.reverse();
         let k = base.len();
         let mut plms: Vec<i64> = base[..k - 1].to_vec();
         plms.push(base[k - 2]);
@@ -123,31 +123,6 @@ impl PndmScheduler {
     }
 }
 
-/// `_timesteps` of `set_timesteps` before the PLMS reordering (ascending).
-fn base_timesteps(config: &SchedulerConfig, steps: usize) -> Vec<i64> {
-    let n = config.num_train_timesteps();
-    match config.timestep_spacing.unwrap_or(TimestepSpacing::Leading) {
-        TimestepSpacing::Linspace => common::linspace(0.0, (n - 1) as f64, steps)
-            .into_iter()
-            .map(|t| t.round_ties_even() as i64)
-            .collect(),
-        TimestepSpacing::Leading => {
-            let ratio = (n / steps) as i64;
-            let offset = config.steps_offset.unwrap_or(0);
-            (0..steps as i64).map(|i| i * ratio + offset).collect()
-        }
-        TimestepSpacing::Trailing => {
-            let ratio = n as f64 / steps as f64;
-            let mut ts: Vec<i64> = common::arange(n as f64, 0.0, -ratio)
-                .into_iter()
-                .map(|t| t.round_ties_even() as i64 - 1)
-                .collect();
-            ts.reverse();
-            ts
-        }
-    }
-}
-
 impl Scheduler for PndmScheduler {
     fn kind(&self) -> SchedulerKind {
         SchedulerKind::Pndm
@@ -157,21 +132,8 @@ impl Scheduler for PndmScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn set_begin_index(&mut self, _begin_index: usize) {
-        // PNDMScheduler has no set_begin_index: its state is the step counter alone.
-    }
-
-    fn scale_model_input(
-        &mut self,
-        sample: &Tensor,
-        _timestep: f64,
-    ) -> Result<Tensor, EngineError> {
-        Ok(sample.shallow_clone())
-    }
+    // init_noise_sigma, set_begin_index and scale_model_input: the trait's defaults (1, none:
+    // the state is the step counter alone, the identity).
 
     fn step(
         &mut self,
@@ -235,30 +197,8 @@ impl Scheduler for PndmScheduler {
         noise: &Tensor,
         timestep: f64,
     ) -> Result<Tensor, EngineError> {
-        ddpm_add_noise(&self.alphas_cumprod, original, noise, timestep)
+        common::ddpm_add_noise(&self.alphas_cumprod, original, noise, timestep)
     }
-}
-
-/// `sqrt(ᾱ_t) * original + sqrt(1 - ᾱ_t) * noise`, the forward process of the DDPM-family
-/// schedulers (PNDM, DDIM), with ᾱ cast to the sample's dtype first as diffusers does.
-pub(crate) fn ddpm_add_noise(
-    alphas_cumprod: &[f32],
-    original: &Tensor,
-    noise: &Tensor,
-    timestep: f64,
-) -> Result<Tensor, EngineError> {
-    let index = common::train_index(timestep, alphas_cumprod.len())?;
-    let kind = original.kind();
-    let alpha = Tensor::from(alphas_cumprod[index]).f_to_kind(kind)?;
-    let sqrt_alpha = alpha.f_pow_tensor_scalar(0.5)?.f_double_value(&[])?;
-    let sqrt_one_minus = alpha
-        .f_neg()?
-        .f_add_scalar(1)?
-        .f_pow_tensor_scalar(0.5)?
-        .f_double_value(&[])?;
-    Ok(original
-        .f_mul_scalar(sqrt_alpha)?
-        .f_add(&noise.f_mul_scalar(sqrt_one_minus)?)?)
 }
 
 #[cfg(test)]
