@@ -153,7 +153,9 @@ impl Chain {
                 Verdict::Modify(mods) => {
                     check_allowed(&mods, Hook::BeforeInference).map_err(fail)?;
                     for m in mods {
-                        audit.push(modified_entry(name, Hook::BeforeInference, None, &m));
+                        if m.change.is_audited() {
+                            audit.push(modified_entry(name, Hook::BeforeInference, None, &m));
+                        }
                         apply_to_context(&mut ctx, name, m.change);
                     }
                 }
@@ -230,7 +232,14 @@ impl Chain {
                         check_allowed(&mods, Hook::AfterOutput)
                             .map_err(|e| fail(e.at_image(index)))?;
                         for m in mods {
-                            audit.push(modified_entry(name, Hook::AfterOutput, Some(index), &m));
+                            if m.change.is_audited() {
+                                audit.push(modified_entry(
+                                    name,
+                                    Hook::AfterOutput,
+                                    Some(index),
+                                    &m,
+                                ));
+                            }
                             apply_to_image(&mut image, name, m.change);
                         }
                         kept.push(image);
@@ -302,6 +311,7 @@ fn apply_to_context(ctx: &mut JobContext, stage: &str, change: Change) {
             stage: stage.to_owned(),
             scores,
         }),
+        Change::Report(finding) => ctx.findings.push(finding),
         // Rejected by `check_allowed` before we get here; ignoring keeps this total.
         Change::ReplaceImage(_) => {}
     }
@@ -319,6 +329,7 @@ fn apply_to_image(image: &mut OutputImage, stage: &str, change: Change) {
             stage: stage.to_owned(),
             scores,
         }),
+        Change::Report(finding) => image.findings.push(finding),
         // Rejected by `check_allowed` before we get here.
         Change::RewritePrompt(_) | Change::AppendNegative(_) | Change::SetNegative(_) => {}
     }
@@ -631,6 +642,48 @@ mod tests {
         assert_eq!(out.blocks[0].block.scores.get("nsfw"), Some(&0.9));
         // 2 images × (scores + image + metadata) + 1 block.
         assert_eq!(out.audit.len(), 7);
+    }
+
+    #[test]
+    fn typed_reports_are_kept_on_the_image_and_context_but_not_audited() {
+        use crate::report::{Finding, ProvenanceFinding, SafetyFinding};
+        let chain = Chain::new(vec![Fixed::boxed(
+            "reporter",
+            |_| {
+                Ok(Verdict::Modify(vec![Modification::new(Change::Report(
+                    Finding::Safety(SafetyFinding::default()),
+                ))]))
+            },
+            |image| {
+                let fields = vec![("provenance.seed".to_owned(), image.seed.to_string())];
+                Ok(Verdict::Modify(vec![
+                    Modification::new(Change::Report(Finding::Provenance(ProvenanceFinding {
+                        fields,
+                    }))),
+                    Modification::new(Change::AddMetadata {
+                        key: "provenance.seed".into(),
+                        value: image.seed.to_string(),
+                    }),
+                ]))
+            },
+        )]);
+        let before = chain.before_inference(ctx()).expect("chain");
+        assert_eq!(
+            before.context.findings,
+            vec![Finding::Safety(SafetyFinding::default())]
+        );
+        assert!(before.audit.is_empty());
+        let out = chain.after_output(&ctx(), images(2)).expect("chain");
+        for image in &out.images {
+            let seed = image.seed.to_string();
+            assert_eq!(
+                image.provenance().and_then(|p| p.field("seed")),
+                Some(seed.as_str())
+            );
+        }
+        // Only the metadata entries are audited: one per image.
+        assert_eq!(out.audit.len(), 2);
+        assert!(out.audit.iter().all(|e| e.detail.starts_with("metadata")));
     }
 
     #[test]

@@ -8,6 +8,8 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::report::{Finding, ProvenanceFinding, SafetyFinding, WatermarkFinding};
+
 /// The part of a job that stages look at and may change before inference.
 ///
 /// The prompt fields are user text: stages must never copy them into logs, audit entries,
@@ -32,6 +34,10 @@ pub struct JobContext {
     pub text_only: bool,
     /// Scores and other reports that stages attached before inference.
     pub reports: Vec<StageReport>,
+    /// Typed reports of built-in stages before inference (the safety checker's verdict on the
+    /// input image).
+    #[serde(default)]
+    pub findings: Vec<Finding>,
     /// The job's decoded input image, for stages that inspect it before inference (an input
     /// safety check). `None` for text-only jobs and where the caller did not provide it. Shared,
     /// not copied, between the worker and the stages; never serialized (it is not part of the
@@ -51,6 +57,7 @@ impl fmt::Debug for JobContext {
             .field("metadata", &self.metadata)
             .field("text_only", &self.text_only)
             .field("reports", &self.reports)
+            .field("findings", &self.findings)
             .field(
                 "input_image",
                 &self.input_image.as_ref().map(|image| image.dimensions()),
@@ -85,6 +92,10 @@ pub struct OutputImage {
     pub metadata: Vec<MetadataEntry>,
     /// Per-stage reports (safety scores, watermark bit error rate, ...).
     pub reports: Vec<StageReport>,
+    /// Typed reports of built-in stages, in the order they ran: what the worker's result
+    /// builder and encoder read ([`OutputImage::safety`], [`OutputImage::watermark`],
+    /// [`OutputImage::provenance`]).
+    pub findings: Vec<Finding>,
 }
 
 impl OutputImage {
@@ -96,7 +107,40 @@ impl OutputImage {
             image,
             metadata: Vec::new(),
             reports: Vec::new(),
+            findings: Vec::new(),
         }
+    }
+
+    /// The safety checker's last report on this image; `None` when no safety checker ran.
+    pub fn safety(&self) -> Option<&SafetyFinding> {
+        self.findings.iter().rev().find_map(|f| match f {
+            Finding::Safety(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// The watermark stage's last report on this image; `None` when no watermark stage ran.
+    pub fn watermark(&self) -> Option<&WatermarkFinding> {
+        self.findings.iter().rev().find_map(|f| match f {
+            Finding::Watermark(w) => Some(w),
+            _ => None,
+        })
+    }
+
+    /// The provenance fields of this image; `None` when no provenance stage ran.
+    pub fn provenance(&self) -> Option<&ProvenanceFinding> {
+        self.findings.iter().rev().find_map(|f| match f {
+            Finding::Provenance(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    /// The provenance fields of this image, to add to; `None` when no provenance stage ran.
+    pub fn provenance_mut(&mut self) -> Option<&mut ProvenanceFinding> {
+        self.findings.iter_mut().rev().find_map(|f| match f {
+            Finding::Provenance(p) => Some(p),
+            _ => None,
+        })
     }
 
     /// The last value recorded for `key`, if any.
@@ -145,6 +189,28 @@ mod tests {
         }
         assert_eq!(out.metadata_value("k"), Some("b"));
         assert_eq!(out.metadata_value("missing"), None);
+    }
+
+    #[test]
+    fn typed_reports_are_found_by_kind_latest_first() {
+        let mut out = OutputImage::new(0, 1, RgbImage::new(1, 1));
+        assert!(out.safety().is_none() && out.watermark().is_none());
+        assert!(out.provenance().is_none() && out.provenance_mut().is_none());
+        for nsfw in [true, false] {
+            out.findings.push(Finding::Safety(SafetyFinding {
+                nsfw,
+                ..SafetyFinding::default()
+            }));
+        }
+        out.findings
+            .push(Finding::Provenance(ProvenanceFinding::default()));
+        assert_eq!(out.safety().map(|s| s.nsfw), Some(false));
+        assert!(out.watermark().is_none());
+        out.provenance_mut()
+            .expect("provenance")
+            .fields
+            .push(("provenance.seed".into(), "1".into()));
+        assert_eq!(out.provenance().and_then(|p| p.field("seed")), Some("1"));
     }
 
     #[test]

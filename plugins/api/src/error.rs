@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::report::StageKind;
 use crate::stage::Hook;
 
 /// Boxed error source for [`StageError::Build`].
@@ -118,11 +119,11 @@ pub enum ChainPolicyError {
     #[error(
         "the plugin chain lacks required stage(s): {}; add them, or set the explicit override \
          to run without them (and take responsibility for OpenRAIL-M paragraph 5 compliance)",
-        .missing.join(", ")
+        .missing.iter().map(|kind| kind.as_str()).collect::<Vec<_>>().join(", ")
     )]
     MissingRequired {
-        /// Kind names of the missing stages, e.g. `safety-checker`.
-        missing: Vec<String>,
+        /// The missing kinds, in [`REQUIRED_STAGE_KINDS`](crate::REQUIRED_STAGE_KINDS) order.
+        missing: Vec<StageKind>,
     },
 }
 

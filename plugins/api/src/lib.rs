@@ -12,6 +12,9 @@
 //! - [`stage`]: the [`Stage`] trait and the [`Hook`]s it can act on.
 //! - [`chain`]: [`Chain`], which runs stages in order, applies their modifications, keeps an
 //!   audit log and fails closed.
+//! - [`report`]: typed stage reports: [`StageKind`] (the built-in kinds) and [`Finding`] (the
+//!   safety checker's scores and flags, the watermark's payload and bits, the provenance
+//!   fields), which built-in stages attach and the worker reads instead of metadata strings.
 //! - [`policy`]: the chain-policy check, which refuses a chain without a safety checker and a
 //!   watermark unless the operator overrides it.
 //! - [`error`]: [`StageError`], [`ChainError`], [`ChainPolicyError`].
@@ -24,6 +27,7 @@ pub mod chain;
 pub mod context;
 pub mod error;
 pub mod policy;
+pub mod report;
 pub mod stage;
 pub mod verdict;
 
@@ -31,6 +35,9 @@ pub use chain::{AuditAction, AuditEntry, BlockRecord, Chain, ChainOutcome, Outpu
 pub use context::{JobContext, MetadataEntry, OutputImage, StageReport};
 pub use error::{ChainError, ChainPolicyError, StageError};
 pub use image::RgbImage;
-pub use policy::{REQUIRED_STAGE_KINDS, check_required_kinds};
+pub use policy::{REQUIRED_STAGE_KINDS, check_required_kinds, missing_required_kinds};
+pub use report::{
+    Finding, ProvenanceFinding, SafetyFinding, StageKind, WatermarkFinding, WatermarkOutcome,
+};
 pub use stage::{Hook, Stage};
 pub use verdict::{Block, Change, Modification, Verdict};

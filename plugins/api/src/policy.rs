@@ -5,33 +5,38 @@
 //! configuration mistake far more often than a decision, so the worker refuses it unless the
 //! operator sets an explicit override, and then warns on every start.
 //!
-//! The check works on stage *kind names* (the `type` tag of each stage's configuration), so it
-//! needs no knowledge of the configuration enum: `inpaint-stages` calls it with
-//! `StageConfig::kind_name()` of each configured stage.
+//! The check works on stage kinds ([`StageKind`], the `type` tag of each stage's
+//! configuration), so it needs no knowledge of the configuration enum: `inpaint-stages` calls
+//! it with `StageConfig::kind()` of each configured stage.
 
 use crate::error::ChainPolicyError;
+use crate::report::StageKind;
 
 /// Stage kinds every production chain must contain.
-pub const REQUIRED_STAGE_KINDS: [&str; 2] = ["safety-checker", "watermark"];
+pub const REQUIRED_STAGE_KINDS: [StageKind; 2] = [StageKind::SafetyChecker, StageKind::Watermark];
+
+/// The kinds of [`REQUIRED_STAGE_KINDS`] that `kinds` lacks, in that order.
+pub fn missing_required_kinds<I>(kinds: I) -> Vec<StageKind>
+where
+    I: IntoIterator<Item = StageKind>,
+{
+    let present: Vec<StageKind> = kinds.into_iter().collect();
+    REQUIRED_STAGE_KINDS
+        .into_iter()
+        .filter(|required| !present.contains(required))
+        .collect()
+}
 
 /// Checks that every kind in [`REQUIRED_STAGE_KINDS`] occurs in `kinds`.
 ///
 /// Returns the warnings to log (at warn, on every start): none when the chain is complete, one
 /// per missing kind when `override_` is set. Errors when kinds are missing and `override_` is
 /// not set.
-pub fn check_required_kinds<'a, I>(
-    kinds: I,
-    override_: bool,
-) -> Result<Vec<String>, ChainPolicyError>
+pub fn check_required_kinds<I>(kinds: I, override_: bool) -> Result<Vec<String>, ChainPolicyError>
 where
-    I: IntoIterator<Item = &'a str>,
+    I: IntoIterator<Item = StageKind>,
 {
-    let present: Vec<&str> = kinds.into_iter().collect();
-    let missing: Vec<String> = REQUIRED_STAGE_KINDS
-        .iter()
-        .filter(|required| !present.contains(required))
-        .map(|required| (*required).to_owned())
-        .collect();
+    let missing = missing_required_kinds(kinds);
     if missing.is_empty() {
         return Ok(Vec::new());
     }
@@ -52,22 +57,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use StageKind::{PromptPolicy, Provenance, SafetyChecker, Watermark};
 
     #[test]
     fn complete_chain_passes_without_warnings() {
-        let kinds = ["prompt-policy", "safety-checker", "watermark", "provenance"];
+        let kinds = [PromptPolicy, SafetyChecker, Watermark, Provenance];
         assert_eq!(check_required_kinds(kinds, false), Ok(Vec::new()));
         assert_eq!(check_required_kinds(kinds, true), Ok(Vec::new()));
     }
 
     #[test]
     fn missing_stages_are_refused_without_override() {
-        let err = check_required_kinds(["prompt-policy", "watermark"], false);
+        let err = check_required_kinds([PromptPolicy, Watermark], false);
         assert_eq!(
             err,
             Err(ChainPolicyError::MissingRequired {
-                missing: vec!["safety-checker".into()]
+                missing: vec![SafetyChecker]
             })
+        );
+        assert_eq!(
+            missing_required_kinds([Provenance]),
+            vec![SafetyChecker, Watermark]
         );
         let err = check_required_kinds([], false).expect_err("empty chain must be refused");
         let text = err.to_string();
@@ -79,7 +89,7 @@ mod tests {
 
     #[test]
     fn override_turns_each_missing_stage_into_a_warning() {
-        let warnings = check_required_kinds(["prompt-policy"], true).expect("override");
+        let warnings = check_required_kinds([PromptPolicy], true).expect("override");
         assert_eq!(warnings.len(), 2);
         assert!(warnings[0].contains("safety-checker"));
         assert!(warnings[1].contains("watermark"));

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 
 use image::RgbImage;
 
+use crate::report::Finding;
+
 /// A stage's decision.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -94,6 +96,10 @@ pub enum Change {
     },
     /// Attach scores as a [`StageReport`](crate::StageReport) of this stage.
     AddScores(BTreeMap<String, f32>),
+    /// Attach a typed report ([`Finding`]) to the context or the image: what the worker's
+    /// result builder and encoder read. Built-in stages only; not an audit entry (the same
+    /// stage's metadata and scores, which say the same in words, are).
+    Report(Finding),
 }
 
 impl Change {
@@ -106,8 +112,18 @@ impl Change {
     pub fn allowed_after_output(&self) -> bool {
         matches!(
             self,
-            Change::ReplaceImage(_) | Change::AddMetadata { .. } | Change::AddScores(_)
+            Change::ReplaceImage(_)
+                | Change::AddMetadata { .. }
+                | Change::AddScores(_)
+                | Change::Report(_)
         )
+    }
+
+    /// Whether the chain writes an audit entry for this change: every change but a
+    /// [`Change::Report`], which changes nothing of the job and only types what the stage's
+    /// audited metadata and scores already say.
+    pub fn is_audited(&self) -> bool {
+        !matches!(self, Change::Report(_))
     }
 
     /// A short description for the audit log. Never contains prompt text.
@@ -123,6 +139,7 @@ impl Change {
             }
             Change::AddMetadata { key, .. } => format!("metadata `{key}` added"),
             Change::AddScores(scores) => format!("{} score(s) reported", scores.len()),
+            Change::Report(finding) => finding.summary(),
         }
     }
 }

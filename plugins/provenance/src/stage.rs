@@ -6,7 +6,8 @@
 //! **Order.** Put the stage last, after the watermark: it describes the final pixels.
 
 use inpaint_plugin_api::{
-    Change, JobContext, Modification, OutputImage, Stage, StageError, Verdict,
+    Change, Finding, JobContext, Modification, OutputImage, ProvenanceFinding, Stage, StageError,
+    Verdict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -113,7 +114,8 @@ impl ProvenanceConfig {
 /// | `parameters` | the job's `params` as compact JSON, with `include_parameters` (default) |
 /// | `prompt`, `negative_prompt` | only with `include_prompt` |
 ///
-/// It never blocks and never changes pixels.
+/// They go into a typed report ([`Finding::Provenance`]), which the worker writes into the file,
+/// and the same as metadata entries. It never blocks and never changes pixels.
 #[derive(Debug, Clone)]
 pub struct ProvenanceStage {
     include_prompt: bool,
@@ -126,7 +128,7 @@ impl ProvenanceStage {
     /// The stage's name in logs, audit entries and metadata.
     pub const NAME: &'static str = "provenance";
     /// Prefix of every metadata key this stage adds.
-    pub const KEY_PREFIX: &'static str = "provenance.";
+    pub const KEY_PREFIX: &'static str = ProvenanceFinding::KEY_PREFIX;
 
     /// The metadata entries for `image` of the job `ctx`, as (key, value), in order.
     pub fn entries(&self, ctx: &JobContext, image: &OutputImage) -> Vec<(String, String)> {
@@ -170,32 +172,35 @@ impl Stage for ProvenanceStage {
         Self::NAME
     }
 
+    /// The fields as a typed report ([`Finding::Provenance`], what the worker's encoder writes
+    /// into the file), then each as a metadata entry (what external stages see).
     fn after_output(&self, ctx: &JobContext, image: &OutputImage) -> Result<Verdict, StageError> {
-        let mods = self
-            .entries(ctx, image)
-            .into_iter()
-            .map(|(key, value)| Modification::new(Change::AddMetadata { key, value }))
-            .collect();
+        let fields = self.entries(ctx, image);
+        let mut mods = Vec::with_capacity(fields.len() + 1);
+        mods.extend(
+            fields
+                .iter()
+                .cloned()
+                .map(|(key, value)| Modification::new(Change::AddMetadata { key, value })),
+        );
+        let report = Finding::Provenance(ProvenanceFinding { fields });
+        mods.insert(0, Modification::new(Change::Report(report)));
         Ok(Verdict::Modify(mods))
     }
 }
 
-/// The provenance entries of `image` (those [`ProvenanceStage`] added), as (key, value) fields
-/// for the encoders: PNG `iTXt` keywords ([`embed_png`](crate::embed_png)) and the source of the
-/// EXIF summary and XMP packet for every format. Keyword = metadata key.
+/// The provenance fields of `image` (the [`ProvenanceStage`]'s typed report, with whatever the
+/// worker added to it), as (key, value) for the encoders: PNG `iTXt` keywords
+/// ([`embed_png`](crate::embed_png)) and the source of the EXIF summary and XMP packet for every
+/// format. Empty when the stage did not run on it.
 pub fn png_fields(image: &OutputImage) -> Vec<(String, String)> {
     image
-        .metadata
-        .iter()
-        .filter(|entry| {
-            entry.stage == ProvenanceStage::NAME
-                && entry.key.starts_with(ProvenanceStage::KEY_PREFIX)
-        })
-        .map(|entry| (entry.key.clone(), entry.value.clone()))
-        .collect()
+        .provenance()
+        .map(|report| report.fields.clone())
+        .unwrap_or_default()
 }
 
-/// The XMP packet for `image`, from the metadata [`ProvenanceStage`] added; `None` when the
+/// The XMP packet for `image`, from its provenance fields ([`png_fields`]); `None` when the
 /// stage did not run on it.
 pub fn xmp_for(image: &OutputImage) -> Option<String> {
     xmp_packet(&png_fields(image))
@@ -330,6 +335,13 @@ mod tests {
         let image = run(&ProvenanceConfig::default(), &context(true));
         let fields = png_fields(&image);
         assert_eq!(fields.len(), image.metadata.len());
+        // The typed report and the metadata words say the same, in the same order.
+        let words: Vec<(String, String)> = image
+            .metadata
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        assert_eq!(fields, words);
         assert_eq!(fields[0], ("provenance.ai_generated".into(), "true".into()));
         let xmp = xmp_for(&image).expect("provenance ran");
         assert!(xmp.contains(DIGITAL_SOURCE_TYPE_TRAINED));

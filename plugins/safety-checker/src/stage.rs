@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use image::RgbImage;
 use inpaint_engine::{DeviceSpec, Precision};
 use inpaint_plugin_api::{
-    Block, Change, JobContext, Modification, OutputImage, Stage, StageError, Verdict,
+    Block, Change, Finding, JobContext, Modification, OutputImage, SafetyFinding, Stage,
+    StageError, Verdict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -108,8 +109,9 @@ impl SafetyCheckerConfig {
 }
 
 /// The safety-checker stage: runs the checker on every output image and blocks, blacks out or
-/// blurs flagged ones. Scores go into the image's report (`AddScores`) and metadata
-/// (`safety_checker.nsfw`, `safety_checker.flagged_concepts`) whatever the outcome.
+/// blurs flagged ones. Whatever the outcome, the result goes into the image's typed report
+/// ([`Finding::Safety`], what the job result reads), its scores (`AddScores`) and metadata
+/// (`safety_checker.nsfw`, `safety_checker.flagged_concepts`; what external stages see).
 #[derive(Debug)]
 pub struct SafetyCheckerStage {
     // libtorch tensors are `Send` but not `Sync`: the mutex makes the stage shareable (and
@@ -120,15 +122,21 @@ pub struct SafetyCheckerStage {
     check_input: bool,
 }
 
+/// One result as the stage's typed report, which the worker's job result reads.
+pub fn finding(result: &SafetyResult) -> SafetyFinding {
+    SafetyFinding {
+        nsfw: result.nsfw,
+        special_care: result.special_care,
+        concept_scores: result.concept_scores.clone(),
+        special_scores: result.special_scores.clone(),
+        flagged_concepts: result.flagged_concepts.clone(),
+        special_care_concepts: result.special_care_concepts.clone(),
+    }
+}
+
 /// The scores of one result as a report: `concept.NN`, `special.N`, `nsfw`, `special_care`.
 pub fn report_scores(result: &SafetyResult) -> BTreeMap<String, f32> {
-    let mut scores = BTreeMap::new();
-    for (i, s) in result.concept_scores.iter().enumerate() {
-        scores.insert(format!("concept.{i:02}"), *s);
-    }
-    for (i, s) in result.special_scores.iter().enumerate() {
-        scores.insert(format!("special.{i}"), *s);
-    }
+    let mut scores: BTreeMap<String, f32> = finding(result).named_scores().collect();
     scores.insert("nsfw".into(), f32::from(u8::from(result.nsfw)));
     scores.insert(
         "special_care".into(),
@@ -215,6 +223,7 @@ impl SafetyCheckerStage {
             });
         }
         Verdict::Modify(vec![
+            Modification::new(Change::Report(Finding::Safety(finding(result)))),
             Modification::new(Change::AddScores(scores)),
             Modification::new(Change::AddMetadata {
                 key: "safety_checker.input_nsfw".into(),
@@ -240,17 +249,28 @@ impl SafetyCheckerStage {
 
     /// The verdict for one image and its result.
     pub fn verdict(&self, image: &RgbImage, result: &SafetyResult) -> Verdict {
+        Self::verdict_with(self.action, self.blur_sigma, image, result)
+    }
+
+    /// [`SafetyCheckerStage::verdict`] of a stage with this action and blur.
+    fn verdict_with(
+        action: NsfwAction,
+        blur_sigma: Option<f32>,
+        image: &RgbImage,
+        result: &SafetyResult,
+    ) -> Verdict {
         let scores = report_scores(result);
         let flagged = flagged_list(result);
         if result.nsfw {
             tracing::warn!(
                 flagged = %flagged,
                 special_care = result.special_care,
-                action = ?self.action,
+                action = ?action,
                 "safety checker flagged an output image"
             );
         }
         let mut mods = vec![
+            Modification::new(Change::Report(Finding::Safety(finding(result)))),
             Modification::new(Change::AddScores(scores.clone())),
             Modification::new(Change::AddMetadata {
                 key: "safety_checker.nsfw".into(),
@@ -264,7 +284,7 @@ impl SafetyCheckerStage {
         if !result.nsfw {
             return Verdict::Modify(mods);
         }
-        let replacement = match self.action {
+        let replacement = match action {
             NsfwAction::Block => {
                 return Verdict::Block(Block {
                     category: "nsfw".into(),
@@ -281,7 +301,7 @@ impl SafetyCheckerStage {
                 });
             }
             NsfwAction::BlackOut => RgbImage::new(image.width(), image.height()),
-            NsfwAction::Blur => strong_blur(image, self.blur_sigma),
+            NsfwAction::Blur => strong_blur(image, blur_sigma),
         };
         mods.push(
             Modification::new(Change::ReplaceImage(replacement))
@@ -369,6 +389,59 @@ mod tests {
             NsfwAction::Block,
             "blocking is the default"
         );
+    }
+
+    fn result(nsfw: bool) -> SafetyResult {
+        SafetyResult {
+            nsfw,
+            concept_scores: vec![-0.25, if nsfw { 0.5 } else { -0.5 }],
+            special_scores: vec![-0.1],
+            flagged_concepts: if nsfw { vec![1] } else { vec![] },
+            special_care: false,
+            special_care_concepts: vec![],
+        }
+    }
+
+    #[test]
+    fn verdicts_carry_the_typed_report_and_the_same_scores_in_words() {
+        // The verdict needs no model: build it the way `after_output` does.
+        let verdict = |result: &SafetyResult| match SafetyCheckerStage::verdict_with(
+            NsfwAction::BlackOut,
+            None,
+            &RgbImage::new(2, 2),
+            result,
+        ) {
+            Verdict::Modify(mods) => mods,
+            other => panic!("expected modifications, got {other:?}"),
+        };
+        for nsfw in [false, true] {
+            let result = result(nsfw);
+            let mods = verdict(&result);
+            let Change::Report(Finding::Safety(report)) = &mods[0].change else {
+                panic!("the typed report comes first: {mods:?}");
+            };
+            assert_eq!(report.nsfw, nsfw);
+            assert_eq!(report.flagged_concepts, result.flagged_concepts);
+            assert_eq!(report.concept_scores, result.concept_scores);
+            let Change::AddScores(scores) = &mods[1].change else {
+                panic!("scores second: {mods:?}");
+            };
+            let named: BTreeMap<String, f32> = report.named_scores().collect();
+            assert!(
+                named.iter().all(|(k, v)| scores.get(k) == Some(v)),
+                "{scores:?}"
+            );
+            assert_eq!(scores.len(), named.len() + 2, "plus nsfw and special_care");
+            assert_eq!(
+                mods.iter()
+                    .any(|m| matches!(m.change, Change::ReplaceImage(_))),
+                nsfw
+            );
+        }
+        let Verdict::Modify(mods) = SafetyCheckerStage::input_verdict(&result(false)) else {
+            panic!("clean input continues");
+        };
+        assert!(matches!(mods[0].change, Change::Report(Finding::Safety(_))));
     }
 
     #[test]

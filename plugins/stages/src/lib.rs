@@ -15,8 +15,9 @@
 //! 1. add the plugin crate as an optional dependency here, and a feature for it (in `default`);
 //! 2. add a variant `Name(NameConfig)` to [`StageConfig`] (the serde tag is the kebab-case
 //!    variant name), behind the feature;
-//! 3. add its arm to [`StageConfig::kind_name`] (the same kebab-case name; a test checks they
-//!    agree) and to [`StageConfig::build`].
+//! 3. add its kind to `inpaint_plugin_api::StageKind` (the same kebab-case name), and its arms
+//!    to [`StageConfig::kind`] (a test checks the name against the serde tag) and to
+//!    [`StageConfig::build`].
 //!
 //! The compiler's exhaustive matches point at every place that needs the new variant.
 
@@ -24,7 +25,9 @@
 use inpaint_external_stages::ExecStageConfig;
 #[cfg(feature = "http")]
 use inpaint_external_stages::HttpStageConfig;
-use inpaint_plugin_api::{Chain, ChainPolicyError, Stage, StageError, check_required_kinds};
+use inpaint_plugin_api::{
+    Chain, ChainPolicyError, Stage, StageError, check_required_kinds, missing_required_kinds,
+};
 #[cfg(feature = "prompt-policy")]
 use inpaint_prompt_policy::PromptPolicyConfig;
 #[cfg(feature = "provenance")]
@@ -35,7 +38,16 @@ use inpaint_safety_checker::SafetyCheckerConfig;
 use inpaint_watermark::WatermarkConfig;
 use serde::{Deserialize, Serialize};
 
-pub use inpaint_plugin_api::REQUIRED_STAGE_KINDS;
+pub use inpaint_plugin_api::{REQUIRED_STAGE_KINDS, StageKind};
+/// The provenance crate (file embedding, XMP, C2PA), for the worker's encoder: the worker
+/// reaches it only through this crate, so a build without the `provenance` feature does not
+/// link it.
+#[cfg(feature = "provenance")]
+pub use inpaint_provenance as provenance;
+/// The watermark crate (the `watermark` subcommand embeds and detects in files): reached only
+/// through this crate, so a build without the `watermark` feature does not link it.
+#[cfg(feature = "watermark")]
+pub use inpaint_watermark as watermark;
 
 /// One configured stage of the plugin chain, tagged by `type`:
 ///
@@ -78,22 +90,41 @@ pub enum StageConfig {
 
 impl StageConfig {
     /// The stage kind, equal to the `type` tag in configuration.
-    pub fn kind_name(&self) -> &'static str {
+    pub fn kind(&self) -> StageKind {
         // `*self`: with every feature off the enum is empty, and only a match on the value
         // (not on a reference) may then have no arms.
         match *self {
             #[cfg(feature = "prompt-policy")]
-            StageConfig::PromptPolicy(_) => "prompt-policy",
+            StageConfig::PromptPolicy(_) => StageKind::PromptPolicy,
             #[cfg(feature = "safety-checker")]
-            StageConfig::SafetyChecker(_) => "safety-checker",
+            StageConfig::SafetyChecker(_) => StageKind::SafetyChecker,
             #[cfg(feature = "watermark")]
-            StageConfig::Watermark(_) => "watermark",
+            StageConfig::Watermark(_) => StageKind::Watermark,
             #[cfg(feature = "provenance")]
-            StageConfig::Provenance(_) => "provenance",
+            StageConfig::Provenance(_) => StageKind::Provenance,
             #[cfg(feature = "http")]
-            StageConfig::Http(_) => "http",
+            StageConfig::Http(_) => StageKind::Http,
             #[cfg(feature = "exec")]
-            StageConfig::Exec(_) => "exec",
+            StageConfig::Exec(_) => StageKind::Exec,
+        }
+    }
+
+    /// The kind's name ([`StageKind::as_str`]), as the `type` tag writes it.
+    pub fn kind_name(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// Whether this stage fails a job whose outputs are too small for it: a watermark stage
+    /// with `small_images = "refuse"` (the default) needs at least 256 × 256 pixels, so the
+    /// worker refuses such jobs at admission instead of after inference.
+    pub fn refuses_small_images(&self) -> bool {
+        match *self {
+            #[cfg(feature = "watermark")]
+            StageConfig::Watermark(ref config) => {
+                config.small_images == inpaint_watermark::SmallImages::Refuse
+            }
+            #[allow(unreachable_patterns, reason = "the only arm when `watermark` is off")]
+            _ => false,
         }
     }
 
@@ -140,7 +171,13 @@ pub fn check_required(
     stages: &[StageConfig],
     override_: bool,
 ) -> Result<Vec<String>, ChainPolicyError> {
-    check_required_kinds(stages.iter().map(StageConfig::kind_name), override_)
+    check_required_kinds(stages.iter().map(StageConfig::kind), override_)
+}
+
+/// The required stage kinds ([`REQUIRED_STAGE_KINDS`]) that `stages` lacks: what results report
+/// as `worker.missing_required_stages` when the operator's override let the worker start.
+pub fn missing_required(stages: &[StageConfig]) -> Vec<StageKind> {
+    missing_required_kinds(stages.iter().map(StageConfig::kind))
 }
 
 /// Builds every configured stage, in order, into a [`Chain`].
@@ -219,7 +256,19 @@ files = ["local.toml"]
         ] {
             let json = serde_json::to_value(&config).expect("serialize");
             assert_eq!(json["type"], config.kind_name());
+            assert_eq!(json["type"], config.kind().as_str());
         }
+    }
+
+    #[test]
+    fn only_a_refusing_watermark_refuses_small_images() {
+        assert!(StageConfig::Watermark(WatermarkConfig::default()).refuses_small_images());
+        let skip = WatermarkConfig {
+            small_images: inpaint_watermark::SmallImages::Skip,
+            ..WatermarkConfig::default()
+        };
+        assert!(!StageConfig::Watermark(skip).refuses_small_images());
+        assert!(!StageConfig::Provenance(ProvenanceConfig::default()).refuses_small_images());
     }
 
     #[test]
@@ -229,8 +278,12 @@ files = ["local.toml"]
         assert_eq!(
             err,
             ChainPolicyError::MissingRequired {
-                missing: vec!["safety-checker".into(), "watermark".into()]
+                missing: vec![StageKind::SafetyChecker, StageKind::Watermark]
             }
+        );
+        assert_eq!(
+            missing_required(&stages),
+            vec![StageKind::SafetyChecker, StageKind::Watermark]
         );
         let warnings = check_required(&stages, true).expect("override");
         assert_eq!(warnings.len(), 2);

@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 
 use inpaint_plugin_api::{
-    Change, JobContext, Modification, OutputImage, Stage, StageError, Verdict,
+    Change, Finding, JobContext, Modification, OutputImage, Stage, StageError, Verdict,
+    WatermarkFinding, WatermarkOutcome,
 };
 use serde::{Deserialize, Serialize};
 
@@ -125,7 +126,8 @@ impl WatermarkConfig {
 }
 
 /// The watermark stage: after output, embeds the payload into each image with the `dwtDct`
-/// method and records what it did in the image's metadata and reports.
+/// method and records what it did: a typed report ([`Finding::Watermark`], what the job result
+/// reads), and the same in the image's metadata and scores (what external stages see).
 ///
 /// Metadata: `watermark.method = dwtDct`, `watermark.payload` (hex, MSB first, last byte
 /// zero-padded), `watermark.bits` (payload length), `watermark.status` (`embedded` or
@@ -157,13 +159,38 @@ impl WatermarkStage {
         })
     }
 
-    fn describe_payload(&self, status: &str) -> Vec<Modification> {
-        vec![
-            Self::metadata("method", Self::METHOD),
-            Self::metadata("payload", self.payload.to_hex()),
-            Self::metadata("bits", self.payload.len().to_string()),
-            Self::metadata("status", status),
-        ]
+    /// The stage's typed report on one image ([`Finding::Watermark`], what the job result
+    /// reads).
+    pub fn finding(&self, outcome: WatermarkOutcome) -> WatermarkFinding {
+        WatermarkFinding {
+            method: Self::METHOD.to_owned(),
+            payload_hex: self.payload.to_hex(),
+            bits: self.payload.len(),
+            outcome,
+        }
+    }
+
+    /// The report, then the same in metadata words (what external stages see):
+    /// `watermark.method`, `.payload`, `.bits`, `.status` and, when skipped, `.skipped_reason`.
+    fn describe(&self, outcome: WatermarkOutcome) -> Vec<Modification> {
+        let report = self.finding(outcome);
+        let mut mods = vec![
+            Self::metadata("method", report.method.clone()),
+            Self::metadata("payload", report.payload_hex.clone()),
+            Self::metadata("bits", report.bits.to_string()),
+        ];
+        match &report.outcome {
+            WatermarkOutcome::Embedded { .. } => mods.push(Self::metadata("status", "embedded")),
+            WatermarkOutcome::Skipped { reason } => {
+                mods.push(Self::metadata("status", "skipped"));
+                mods.push(Self::metadata("skipped_reason", reason.clone()));
+            }
+        }
+        mods.insert(
+            0,
+            Modification::new(Change::Report(Finding::Watermark(report))),
+        );
+        mods
     }
 
     /// Why `image` cannot carry the whole payload, if it cannot.
@@ -193,8 +220,9 @@ impl Stage for WatermarkStage {
                 SmallImages::Refuse => Err(StageError::Failed(problem.to_string())),
                 SmallImages::Skip => {
                     tracing::warn!(image = output.index, %problem, "image left without watermark");
-                    let mut mods = self.describe_payload("skipped");
-                    mods.push(Self::metadata("skipped_reason", problem.to_string()));
+                    let mut mods = self.describe(WatermarkOutcome::Skipped {
+                        reason: problem.to_string(),
+                    });
                     mods.push(Modification::new(Change::AddScores(BTreeMap::from([(
                         "skipped".to_owned(),
                         1.0,
@@ -207,6 +235,7 @@ impl Stage for WatermarkStage {
         let marked = dwt_dct::encode(&output.image, self.payload.bits())
             .map_err(|e| StageError::Failed(e.to_string()))?;
         let mut scores = BTreeMap::from([("bits_total".to_owned(), self.payload.len() as f32)]);
+        let mut bits_matched = None;
         if self.verify {
             let detection = dwt_dct::detect(&marked, self.payload.bits(), self.detect_threshold)
                 .map_err(|e| StageError::Failed(e.to_string()))?;
@@ -218,6 +247,7 @@ impl Stage for WatermarkStage {
                     "watermark reads back below the detection threshold right after embedding"
                 );
             }
+            bits_matched = Some(detection.bits_matched);
             scores.insert("bits_matched".to_owned(), detection.bits_matched as f32);
             scores.insert(
                 "bit_error_rate".to_owned(),
@@ -225,7 +255,7 @@ impl Stage for WatermarkStage {
             );
         }
         let mut mods = vec![Modification::new(Change::ReplaceImage(marked))];
-        mods.extend(self.describe_payload("embedded"));
+        mods.extend(self.describe(WatermarkOutcome::Embedded { bits_matched }));
         mods.push(Modification::new(Change::AddScores(scores)));
         Ok(Verdict::Modify(mods))
     }
@@ -333,6 +363,17 @@ small_images = "skip"
         );
         assert_eq!(out.metadata_value("watermark.bits"), Some("224"));
         assert_eq!(out.metadata_value("watermark.status"), Some("embedded"));
+        let report = out.watermark().expect("typed report");
+        assert_eq!(report.method, "dwtDct");
+        assert_eq!(report.payload_hex, Payload::default().to_hex());
+        assert_eq!(report.bits, 224);
+        let WatermarkOutcome::Embedded {
+            bits_matched: Some(read),
+        } = report.outcome
+        else {
+            panic!("embedded and verified: {report:?}");
+        };
+        assert_eq!(read as f32, out.reports[0].scores["bits_matched"]);
         let scores = &out.reports[0].scores;
         assert_eq!(out.reports[0].stage, "watermark");
         assert_eq!(scores["bits_total"], 224.0);
@@ -385,6 +426,15 @@ small_images = "skip"
                 key: "watermark.status".into(),
                 value: "skipped".into()
             }));
+        let Some(Change::Report(Finding::Watermark(report))) = mods.first().map(|m| &m.change)
+        else {
+            panic!("the typed report comes first: {mods:?}");
+        };
+        assert!(!report.is_embedded());
+        assert!(
+            matches!(&report.outcome, WatermarkOutcome::Skipped { reason } if reason.contains("65536")),
+            "{report:?}"
+        );
 
         // 1024x64 passes the reference's pixel count but holds only 8 * 128 = 1024 blocks.
         let long = WatermarkConfig {

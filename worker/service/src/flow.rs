@@ -16,7 +16,8 @@ use image::{GrayImage, RgbImage};
 use inpaint_job::{
     ChainLimits, ErrorCode, InpaintJob, InpaintResult, JobId, JobStatus, WorkerInfo,
 };
-use inpaint_plugin_api::{Chain, JobContext};
+use inpaint_plugin_api::{Chain, JobContext, OutputImage, StageKind};
+use inpaint_stages::StageConfig;
 use inpaint_storage::ObjectRef;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +71,9 @@ pub struct JobFlow {
     cancels: Cancellations,
     slots: Semaphore,
     worker: WorkerInfo,
+    /// The required kinds the chain lacks (the override), as the provenance fields name them;
+    /// `worker.missing_required_stages` holds the same by name.
+    missing_stages: Vec<StageKind>,
     chain_limits: ChainLimits,
     clock: Clock,
 }
@@ -84,28 +88,24 @@ impl std::fmt::Debug for JobFlow {
     }
 }
 
-/// The required stage kinds (safety checker, watermark) missing from `stages`: what results
-/// report as `worker.missing_required_stages` when `allow_unsafe_chain` let the worker start.
-pub fn missing_required_stages(stages: &[inpaint_stages::StageConfig]) -> Vec<String> {
-    inpaint_stages::REQUIRED_STAGE_KINDS
-        .iter()
-        .filter(|kind| !stages.iter().any(|s| s.kind_name() == **kind))
-        .map(|kind| (*kind).to_owned())
+/// The required stage kinds (safety checker, watermark) missing from `stages`, by name: what
+/// results report as `worker.missing_required_stages` when `allow_unsafe_chain` let the worker
+/// start.
+pub fn missing_required_stages(stages: &[StageConfig]) -> Vec<String> {
+    inpaint_stages::missing_required(stages)
+        .into_iter()
+        .map(|kind| kind.as_str().to_owned())
         .collect()
 }
 
 /// What the configured chain needs of an output: the watermark refuses images under
 /// 256 × 256 pixels unless told to skip them.
-pub fn chain_limits(stages: &[inpaint_stages::StageConfig]) -> ChainLimits {
-    #[cfg(feature = "stage-watermark")]
-    if stages.iter().any(|stage| {
-        matches!(stage, inpaint_stages::StageConfig::Watermark(config)
-            if matches!(config.small_images, inpaint_watermark::SmallImages::Refuse))
-    }) {
-        return ChainLimits::default_chain();
+pub fn chain_limits(stages: &[StageConfig]) -> ChainLimits {
+    if stages.iter().any(StageConfig::refuses_small_images) {
+        ChainLimits::default_chain()
+    } else {
+        ChainLimits::default()
     }
-    let _ = stages;
-    ChainLimits::default()
 }
 
 /// What the inputs step found: an earlier delivery's stored result, or inputs to compute.
@@ -124,7 +124,11 @@ impl JobFlow {
     /// The flow of a worker with `parts`, configured by `settings`, signing with `signer`.
     pub fn new(settings: &Settings, parts: &Parts, signer: Signer) -> Self {
         let mut worker = worker_info();
-        worker.missing_required_stages = missing_required_stages(&settings.chain.stages);
+        let missing_stages = inpaint_stages::missing_required(&settings.chain.stages);
+        worker.missing_required_stages = missing_stages
+            .iter()
+            .map(|kind| kind.as_str().to_owned())
+            .collect();
         Self {
             storage: Arc::clone(&parts.storage),
             inference: parts.inference.clone(),
@@ -136,6 +140,7 @@ impl JobFlow {
             cancels: Cancellations::default(),
             slots: Semaphore::new(settings.concurrency.in_flight),
             worker,
+            missing_stages,
             chain_limits: chain_limits(&settings.chain.stages),
             clock: system_clock(),
         }
@@ -372,6 +377,7 @@ impl JobFlow {
             metadata: job.metadata.clone(),
             text_only: job.is_text_only(),
             reports: Vec::new(),
+            findings: Vec::new(),
             // A copy: the engine request takes the image by value.
             input_image: inputs.image.clone().map(Arc::new),
         };
@@ -433,14 +439,14 @@ impl JobFlow {
         images: Vec<RgbImage>,
         seeds: &[u64],
         timings: &mut Timings,
-    ) -> Result<Vec<inpaint_plugin_api::OutputImage>, JobFailure> {
+    ) -> Result<Vec<OutputImage>, JobFailure> {
         let t = Instant::now();
         let chain = Arc::clone(&self.chain);
-        let outputs: Vec<inpaint_plugin_api::OutputImage> = images
+        let outputs: Vec<OutputImage> = images
             .into_iter()
             .zip(seeds)
             .enumerate()
-            .map(|(i, (img, seed))| inpaint_plugin_api::OutputImage::new(i as u32, *seed, img))
+            .map(|(i, (img, seed))| OutputImage::new(i as u32, *seed, img))
             .collect();
         let expected = outputs.len();
         let context = context.clone();
@@ -464,7 +470,7 @@ impl JobFlow {
         }
         let mut images = after.images;
         for out in &mut images {
-            report::mark_missing_stages(out, &self.worker.missing_required_stages);
+            report::mark_missing_stages(out, &self.missing_stages);
         }
         Ok(images)
     }

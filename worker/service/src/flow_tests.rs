@@ -292,7 +292,7 @@ async fn the_contracts_admission_rules_refuse_before_inference() {
 
     // A chain whose watermark refuses small images: sizes known up front and after decoding.
     let mut small = settings();
-    small.chain.stages = vec![inpaint_stages::StageConfig::Watermark(Default::default())];
+    small.chain.stages = vec![StageConfig::Watermark(Default::default())];
     let bench = bench_with(small, now()).await;
     let sized = bench
         .job(|j| {
@@ -390,7 +390,8 @@ fn fallback_seeds_are_stable_per_job() {
 #[test]
 fn missing_required_stages_names_what_the_chain_lacks() {
     let missing = missing_required_stages(&[]);
-    assert_eq!(missing, inpaint_stages::REQUIRED_STAGE_KINDS.to_vec());
+    let required = inpaint_stages::REQUIRED_STAGE_KINDS.map(|kind| kind.as_str().to_owned());
+    assert_eq!(missing, required.to_vec());
 }
 
 /// A stage that modifies the job before inference and every output after it (as watermark and
@@ -412,7 +413,7 @@ impl inpaint_plugin_api::Stage for Stamping {
     fn after_output(
         &self,
         _: &JobContext,
-        _: &inpaint_plugin_api::OutputImage,
+        _: &OutputImage,
     ) -> Result<inpaint_plugin_api::Verdict, inpaint_plugin_api::StageError> {
         Ok(stamp())
     }

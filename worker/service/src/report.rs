@@ -1,27 +1,25 @@
 //! What the plugin chain's records become in the result: the safety report and watermark of
-//! each output, the block behind a `blocked` status, and the audit counters and log lines.
+//! each output (from the stages' typed reports, [`inpaint_plugin_api::Finding`]), the block
+//! behind a `blocked` status, the override note in the provenance fields, and the audit counters
+//! and log lines. Nothing here parses a stage's metadata strings or names a plugin crate.
 
 use inpaint_job::{BlockInfo, SafetyReport, WatermarkInfo};
-use inpaint_plugin_api::{BlockRecord, MetadataEntry, OutputImage};
-use inpaint_provenance::ProvenanceStage;
+use inpaint_plugin_api::{BlockRecord, OutputImage, ProvenanceFinding, SafetyFinding, StageKind};
 
 use crate::metrics::Metrics;
 
 /// The provenance key that names the required stages an output was made without.
-pub const MISSING_STAGES_KEY: &str = "provenance.missing_required_stages";
+pub const MISSING_STAGES_KEY: &str = ProvenanceFinding::MISSING_STAGES_KEY;
 
 /// Records in an output's provenance that required stages (safety checker, watermark) did not
 /// run because the operator overrode the rule, so that the file itself says so. Only where the
 /// provenance stage ran: without it the file carries no provenance to add to.
-pub fn mark_missing_stages(out: &mut OutputImage, missing: &[String]) {
-    if missing.is_empty() || inpaint_provenance::png_fields(out).is_empty() {
-        return;
+pub fn mark_missing_stages(out: &mut OutputImage, missing: &[StageKind]) {
+    if let Some(provenance) = out.provenance_mut()
+        && !provenance.fields.is_empty()
+    {
+        provenance.record_missing_stages(missing);
     }
-    out.metadata.push(MetadataEntry {
-        stage: ProvenanceStage::NAME.into(),
-        key: MISSING_STAGES_KEY.into(),
-        value: missing.join(","),
-    });
 }
 
 /// Counts and logs every block and modification of the plugin chain: stage and category only,
@@ -40,66 +38,32 @@ pub fn count_audit(metrics: &Metrics, audit: &[inpaint_plugin_api::AuditEntry]) 
     }
 }
 
-/// Name of the safety-checker stage (`inpaint_safety_checker::SafetyCheckerStage::NAME`), whose
-/// reports carry the scores.
-const SAFETY_STAGE: &str = "safety-checker";
-
-/// The safety checker's verdict on one output, from what its stage recorded: metadata
-/// `safety_checker.nsfw` and `safety_checker.flagged_concepts` (indices `3,11`), and the report
-/// with scores `concept.NN`, `special.N` (kept as named) plus the 0/1 flags `nsfw` and
-/// `special_care` (left out: `nsfw` has its own field). Flagged concepts are named like their
-/// score keys (`concept.03`). `None` when no safety checker ran on the image.
+/// The safety checker's verdict on one output, from its typed report: every concept and
+/// special-care score by name (`concept.NN`, `special.N`) and the flagged concepts named like
+/// their scores. `None` when no safety checker ran on the image.
 pub fn safety_of(out: &OutputImage) -> Option<SafetyReport> {
-    let nsfw = out.metadata_value("safety_checker.nsfw")? == "true";
-    let concept_scores = out
-        .reports
-        .iter()
-        .rev()
-        .find(|report| report.stage == SAFETY_STAGE)
-        .map(|report| {
-            report
-                .scores
-                .iter()
-                .filter(|(key, _)| key.starts_with("concept.") || key.starts_with("special."))
-                .map(|(key, score)| (key.clone(), f64::from(*score)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let flagged_concepts = out
-        .metadata_value("safety_checker.flagged_concepts")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|index| !index.is_empty())
-        .map(|index| match index.parse::<usize>() {
-            Ok(i) => format!("concept.{i:02}"),
-            Err(_) => index.to_owned(),
-        })
-        .collect();
+    let report = out.safety()?;
     Some(SafetyReport {
-        nsfw,
-        concept_scores,
-        flagged_concepts,
+        nsfw: report.nsfw,
+        concept_scores: report
+            .named_scores()
+            .map(|(name, score)| (name, f64::from(score)))
+            .collect(),
+        flagged_concepts: report
+            .flagged_concepts
+            .iter()
+            .map(|&index| SafetyFinding::concept_name(index))
+            .collect(),
     })
 }
 
-/// The watermark embedded in one output, from the watermark stage's metadata
-/// (`watermark.payload` hex, `watermark.method`). `None` when no watermark stage ran or when it
-/// left the image unmarked (`watermark.status = skipped`, images too small to carry it).
+/// The watermark embedded in one output, from the watermark stage's typed report. `None` when
+/// no watermark stage ran or when it left the image unmarked (images too small to carry it).
 pub fn watermark_of(out: &OutputImage) -> Option<WatermarkInfo> {
-    if out
-        .metadata_value("watermark.status")
-        .is_some_and(|status| status != "embedded")
-    {
-        return None;
-    }
-    let payload = out.metadata_value("watermark.payload")?;
+    let report = out.watermark().filter(|report| report.is_embedded())?;
     Some(WatermarkInfo {
-        payload_hex: payload.to_ascii_lowercase(),
-        method: out
-            .metadata_value("watermark.method")
-            .unwrap_or(inpaint_watermark::WatermarkStage::METHOD)
-            .to_owned(),
+        payload_hex: report.payload_hex.to_ascii_lowercase(),
+        method: report.method.clone(),
     })
 }
 
@@ -119,84 +83,90 @@ pub fn block_info(record: &BlockRecord) -> BlockInfo {
 
 #[cfg(test)]
 mod tests {
+    use inpaint_plugin_api::{Finding, WatermarkFinding, WatermarkOutcome};
+
     use super::*;
 
-    fn output_with(metadata: &[(&str, &str)], scores: &[(&str, f32)]) -> PluginOutput {
-        let mut out = PluginOutput::new(0, 1, image::RgbImage::new(1, 1));
-        for (key, value) in metadata {
-            let stage = key.split('.').next().unwrap_or_default().replace('_', "-");
-            out.metadata.push(MetadataEntry {
-                stage,
-                key: (*key).into(),
-                value: (*value).into(),
-            });
-        }
-        if !scores.is_empty() {
-            out.reports.push(inpaint_plugin_api::StageReport {
-                stage: SAFETY_STAGE.into(),
-                scores: scores.iter().map(|(k, v)| ((*k).into(), *v)).collect(),
-            });
-        }
+    fn output_with(findings: Vec<Finding>) -> OutputImage {
+        let mut out = OutputImage::new(0, 1, image::RgbImage::new(1, 1));
+        out.findings = findings;
         out
     }
 
-    type PluginOutput = OutputImage;
-
     #[test]
     fn safety_report_comes_from_the_safety_stage() {
-        assert_eq!(safety_of(&output_with(&[], &[])), None);
-        let out = output_with(
-            &[
-                ("safety_checker.nsfw", "true"),
-                ("safety_checker.flagged_concepts", "3,11"),
-            ],
-            &[
-                ("concept.03", 0.012),
-                ("concept.11", 0.5),
-                ("concept.00", -0.25),
-                ("special.0", -0.1),
-                ("nsfw", 1.0),
-                ("special_care", 0.0),
-            ],
-        );
+        assert_eq!(safety_of(&output_with(vec![])), None);
+        let mut concept_scores = vec![-0.25; 12];
+        concept_scores[3] = 0.012;
+        concept_scores[11] = 0.5;
+        let out = output_with(vec![Finding::Safety(SafetyFinding {
+            nsfw: true,
+            special_care: false,
+            concept_scores,
+            special_scores: vec![-0.1],
+            flagged_concepts: vec![3, 11],
+            special_care_concepts: vec![],
+        })]);
         let report = safety_of(&out).expect("report");
         assert!(report.nsfw);
         assert_eq!(report.flagged_concepts, vec!["concept.03", "concept.11"]);
-        assert_eq!(report.concept_scores.len(), 4);
+        assert_eq!(report.concept_scores.len(), 13);
         assert_eq!(report.concept_scores.get("concept.00"), Some(&-0.25));
-        assert!(!report.concept_scores.contains_key("nsfw"));
-        let clean = output_with(
-            &[
-                ("safety_checker.nsfw", "false"),
-                ("safety_checker.flagged_concepts", ""),
-            ],
-            &[("concept.00", -0.25)],
+        assert_eq!(
+            report.concept_scores.get("concept.03"),
+            Some(&f64::from(0.012f32))
         );
+        assert_eq!(
+            report.concept_scores.get("special.0"),
+            Some(&f64::from(-0.1f32))
+        );
+        assert!(!report.concept_scores.contains_key("nsfw"));
+        let clean = output_with(vec![Finding::Safety(SafetyFinding {
+            concept_scores: vec![-0.25],
+            ..SafetyFinding::default()
+        })]);
         let report = safety_of(&clean).expect("report");
         assert!(!report.nsfw && report.flagged_concepts.is_empty());
     }
 
+    fn watermark(outcome: WatermarkOutcome) -> Finding {
+        Finding::Watermark(WatermarkFinding {
+            method: "dwtDct".into(),
+            payload_hex: "5B2F".into(),
+            bits: 16,
+            outcome,
+        })
+    }
+
     #[test]
     fn watermark_info_only_for_embedded_marks() {
-        assert_eq!(watermark_of(&output_with(&[], &[])), None);
-        let marked = output_with(
-            &[
-                ("watermark.method", "dwtDct"),
-                ("watermark.payload", "5B2F"),
-                ("watermark.status", "embedded"),
-            ],
-            &[],
-        );
+        assert_eq!(watermark_of(&output_with(vec![])), None);
+        let marked = output_with(vec![watermark(WatermarkOutcome::Embedded {
+            bits_matched: None,
+        })]);
         let info = watermark_of(&marked).expect("watermark");
         assert_eq!(info.payload_hex, "5b2f");
         assert_eq!(info.method, "dwtDct");
-        let skipped = output_with(
-            &[
-                ("watermark.payload", "5b2f"),
-                ("watermark.status", "skipped"),
-            ],
-            &[],
-        );
+        let skipped = output_with(vec![watermark(WatermarkOutcome::Skipped {
+            reason: "too small".into(),
+        })]);
         assert_eq!(watermark_of(&skipped), None);
+    }
+
+    #[test]
+    fn missing_stages_are_marked_only_where_provenance_ran() {
+        let missing = [StageKind::SafetyChecker, StageKind::Watermark];
+        let mut without = output_with(vec![]);
+        mark_missing_stages(&mut without, &missing);
+        assert!(without.findings.is_empty());
+        let mut with = output_with(vec![Finding::Provenance(ProvenanceFinding {
+            fields: vec![("provenance.ai_generated".into(), "true".into())],
+        })]);
+        mark_missing_stages(&mut with, &missing);
+        let fields = &with.provenance().expect("provenance").fields;
+        assert_eq!(
+            fields.last().map(|(k, v)| (k.as_str(), v.as_str())),
+            Some((MISSING_STAGES_KEY, "safety-checker,watermark"))
+        );
     }
 }
