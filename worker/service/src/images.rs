@@ -3,51 +3,30 @@
 //! a C2PA manifest when configured ([`Signer`]). Output sizes, crop-to-mask and compositing
 //! are the engine's (`inpaint_engine::job`).
 
-use std::io::Cursor;
-
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::codecs::webp::WebPEncoder;
-use image::{ImageEncoder, ImageReader, RgbImage};
+use image::{ImageEncoder, RgbImage};
 use inpaint_job::{ErrorCode, OutputFormat};
 
-// The EXIF-orientation module lives beside this file; declared here so that its only caller
-// owns it.
-#[path = "orientation.rs"]
-pub mod orientation;
+// Decoding untrusted bytes lives in its own crate, without libtorch, so that it can be fuzzed
+// cheaply (fuzz/fuzz_targets/image_decode.rs); its EXIF-orientation module stays reachable here.
+pub use inpaint_images::orientation;
 
 use crate::error::JobFailure;
 use crate::settings::{Settings, SettingsError};
 
 /// Decodes an image, refusing one with more than `max_pixels` pixels from its header alone, and
-/// turns it upright as its EXIF orientation says ([`orientation`]).
+/// turns it upright as its EXIF orientation says ([`inpaint_images::decode_rgb`]): too many
+/// pixels is `image_too_large`, anything else that is not an image `undecodable_image`.
 pub fn decode_rgb(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage, JobFailure> {
-    let undecodable = |e: image::ImageError| {
-        JobFailure::permanent(ErrorCode::UndecodableImage, format!("{what}: {e}"))
-    };
-    let reader = || {
-        ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| JobFailure::permanent(ErrorCode::UndecodableImage, format!("{what}: {e}")))
-    };
-    let (width, height) = reader()?.into_dimensions().map_err(undecodable)?;
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > max_pixels {
-        return Err(JobFailure::permanent(
-            ErrorCode::ImageTooLarge,
-            format!(
-                "{what} is {width}x{height} = {pixels} pixels, more than the {max_pixels} accepted"
-            ),
-        ));
-    }
-    let mut limited = reader()?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(width);
-    limits.max_image_height = Some(height);
-    limited.limits(limits);
-    Ok(orientation::decode_upright(limited)
-        .map_err(undecodable)?
-        .to_rgb8())
+    inpaint_images::decode_rgb(bytes, what, max_pixels).map_err(|e| {
+        let code = match e {
+            inpaint_images::DecodeError::TooLarge { .. } => ErrorCode::ImageTooLarge,
+            inpaint_images::DecodeError::Undecodable { .. } => ErrorCode::UndecodableImage,
+        };
+        JobFailure::permanent(code, e.to_string())
+    })
 }
 
 /// Provenance to write into an output file: the provenance stage's fields (PNG text chunks; the
@@ -220,6 +199,8 @@ impl Signer {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Cursor;
+
     use super::*;
 
     fn png(w: u32, h: u32) -> Vec<u8> {

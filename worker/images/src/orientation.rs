@@ -31,7 +31,7 @@ mod tests {
     use image::{ImageEncoder, Rgb, RgbImage};
 
     use super::*;
-    use crate::images::decode_rgb;
+    use crate::decode_rgb;
 
     /// A 24×16 picture with a different colour per 8×8 cell, so every transform is visible.
     fn picture() -> RgbImage {
@@ -180,5 +180,62 @@ mod tests {
         )
         .expect("decode");
         assert_eq!(image.to_rgb8(), picture);
+    }
+
+    /// The seed inputs of the fuzz target `image_decode` (fuzz/seeds/image_decode/): one small
+    /// file per format this crate reads, and each EXIF container, so that the fuzzer starts
+    /// inside the decoders rather than at their magic bytes. `INPAINT_UPDATE_FUZZ_SEEDS=1`
+    /// rewrites them; otherwise they must be what this writes, and decode upright.
+    #[test]
+    fn the_fuzz_seeds_are_these_images() {
+        use image::codecs::webp::WebPEncoder;
+
+        let picture = RgbImage::from_fn(8, 6, |x, y| Rgb([x as u8 * 30, y as u8 * 40, 128]));
+        let (w, h) = picture.dimensions();
+        let mut png = Vec::new();
+        PngEncoder::new(&mut png)
+            .write_image(picture.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+            .expect("png");
+        let mut jpeg = Vec::new();
+        JpegEncoder::new_with_quality(&mut jpeg, 50)
+            .write_image(picture.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+            .expect("jpeg");
+        let mut webp = Vec::new();
+        WebPEncoder::new_lossless(&mut webp)
+            .write_image(picture.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+            .expect("webp");
+        let seeds = [
+            ("8x6.png", png.clone()),
+            ("8x6-exif6.png", with_png_exif(&png, 6)),
+            ("8x6.jpg", jpeg.clone()),
+            ("8x6-exif8.jpg", with_jpeg_exif(&jpeg, 8)),
+            ("8x6.webp", webp),
+        ];
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/image_decode");
+        let update = std::env::var_os("INPAINT_UPDATE_FUZZ_SEEDS").is_some();
+        let mut stale = Vec::new();
+        for (name, bytes) in seeds {
+            let image = decode_rgb(&bytes, name, 1 << 10).expect("a seed decodes");
+            let rotated = name.contains("exif");
+            assert_eq!(
+                image.dimensions(),
+                if rotated { (h, w) } else { (w, h) },
+                "{name}"
+            );
+            let path = dir.join(name);
+            if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
+                if update {
+                    std::fs::create_dir_all(&dir).expect("seed dir");
+                    std::fs::write(&path, &bytes).expect("write seed");
+                } else {
+                    stale.push(name);
+                }
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "{stale:?} differ: INPAINT_UPDATE_FUZZ_SEEDS=1 cargo test -p inpaint-images"
+        );
     }
 }
