@@ -39,12 +39,18 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    /// What the provenance stage recorded on `output`.
+    /// What the provenance stage recorded on `output` (its typed report).
     pub fn of(output: &inpaint_plugin_api::OutputImage) -> Self {
-        Self {
-            fields: inpaint_provenance::png_fields(output),
-            xmp: inpaint_provenance::xmp_for(output),
-        }
+        let fields = output
+            .provenance()
+            .map(|report| report.fields.clone())
+            .unwrap_or_default();
+        // Without the provenance stage compiled in, no output carries fields.
+        #[cfg(feature = "stage-provenance")]
+        let xmp = inpaint_stages::provenance::xmp_packet(&fields);
+        #[cfg(not(feature = "stage-provenance"))]
+        let xmp = None;
+        Self { fields, xmp }
     }
 
     fn is_empty(&self) -> bool {
@@ -53,7 +59,7 @@ impl Provenance {
 }
 
 /// Encodes an output in the job's format and writes the provenance into the encoded file, byte
-/// level, without re-encoding pixels (`inpaint_provenance`):
+/// level, without re-encoding pixels (the provenance crate, through `inpaint_stages::provenance`):
 /// - PNG: one `iTXt` chunk per field and the XMP packet (`iTXt` `XML:com.adobe.xmp`);
 /// - JPEG: an EXIF `APP1` segment (AI-generated statement, software and model, licence, job,
 ///   seed, parameters) and an XMP `APP1` segment;
@@ -89,15 +95,28 @@ pub fn encode(
     if provenance.is_empty() {
         return Ok(out);
     }
-    let fields = &provenance.fields;
-    let xmp = provenance.xmp.as_deref().unwrap_or_default();
-    let (embedded, container) = match format {
-        OutputFormat::Png {} => (inpaint_provenance::embed_png(&out, fields, xmp), "PNG"),
-        OutputFormat::Jpeg { .. } => (inpaint_provenance::embed_jpeg(&out, fields, xmp), "JPEG"),
-        OutputFormat::Webp {} => (inpaint_provenance::embed_webp(&out, fields, xmp), "WebP"),
-    };
-    embedded
-        .map_err(|e| JobFailure::internal(format!("writing provenance into the {container}: {e}")))
+    #[cfg(not(feature = "stage-provenance"))]
+    {
+        // Fail closed: never publish an output without the provenance it was meant to carry.
+        Err(JobFailure::internal(
+            "the output has provenance fields but this build cannot write them (cargo feature \
+             stage-provenance)",
+        ))
+    }
+    #[cfg(feature = "stage-provenance")]
+    {
+        use inpaint_stages::provenance::{embed_jpeg, embed_png, embed_webp};
+        let fields = &provenance.fields;
+        let xmp = provenance.xmp.as_deref().unwrap_or_default();
+        let (embedded, container) = match format {
+            OutputFormat::Png {} => (embed_png(&out, fields, xmp), "PNG"),
+            OutputFormat::Jpeg { .. } => (embed_jpeg(&out, fields, xmp), "JPEG"),
+            OutputFormat::Webp {} => (embed_webp(&out, fields, xmp), "WebP"),
+        };
+        embedded.map_err(|e| {
+            JobFailure::internal(format!("writing provenance into the {container}: {e}"))
+        })
+    }
 }
 
 /// Signs encoded outputs with a C2PA manifest when the `[c2pa]` section is configured, and
@@ -106,7 +125,7 @@ pub fn encode(
 #[derive(Clone, Debug, Default)]
 pub struct Signer {
     #[cfg(feature = "c2pa")]
-    c2pa: Option<std::sync::Arc<inpaint_provenance::C2paSigner>>,
+    c2pa: Option<std::sync::Arc<inpaint_stages::provenance::C2paSigner>>,
 }
 
 impl Signer {
@@ -248,7 +267,7 @@ mod tests {
             ("provenance.ai_generated", "true"),
             (
                 "provenance.digital_source_type",
-                inpaint_provenance::DIGITAL_SOURCE_TYPE_COMPOSITE,
+                inpaint_stages::provenance::DIGITAL_SOURCE_TYPE_COMPOSITE,
             ),
             ("provenance.job_id", "00000000-0000-0000-0000-00000000002a"),
             ("provenance.seed", "77"),
@@ -257,7 +276,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let xmp = inpaint_provenance::xmp_packet(&fields);
+        let xmp = inpaint_stages::provenance::xmp_packet(&fields);
         Provenance { fields, xmp }
     }
 
@@ -353,7 +372,7 @@ mod tests {
         use std::process::Command;
 
         use image::ImageDecoder;
-        use inpaint_provenance::{C2paConfig, C2paValidationState, read_manifest};
+        use inpaint_stages::provenance::{C2paConfig, C2paValidationState, read_manifest};
         use serde_json::Value;
 
         use super::*;
@@ -439,7 +458,7 @@ mod tests {
                 );
                 let json = reader.json();
                 assert!(
-                    json.contains(inpaint_provenance::DIGITAL_SOURCE_TYPE_COMPOSITE),
+                    json.contains(inpaint_stages::provenance::DIGITAL_SOURCE_TYPE_COMPOSITE),
                     "{mime}: {json}"
                 );
                 assert!(json.contains("cawg.training-mining"), "{mime}");
