@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::{
     BlockInfo, ErrorCode, ErrorInfo, InpaintJob, InpaintResult, JobId, JobStatus, ModelInfo,
-    OutputImage, SafetyReport, WatermarkInfo, WorkerInfo, job_schema_json, result_schema_json,
+    OutputObject, SafetyReport, WatermarkInfo, WorkerInfo, job_schema_json, result_schema_json,
 };
 
 fn schemas_dir() -> PathBuf {
@@ -320,7 +320,7 @@ fn example_results() -> Vec<(&'static str, InpaintResult)> {
     let mut succeeded = InpaintResult::new(id, JobStatus::Succeeded, model(), worker(), at);
     let seeds = job.per_image_seeds(0);
     for (index, seed) in (0u32..).zip(seeds) {
-        succeeded.outputs.push(OutputImage {
+        succeeded.outputs.push(OutputObject {
             uri: job.output_key(index).expect("key"),
             index,
             seed,

@@ -34,7 +34,7 @@ pub use job::{
 pub use messages::{CancelRequest, ProgressEvent};
 pub use parse::{MAX_MESSAGE_BYTES, peek_job_id};
 pub use result::{
-    BlockInfo, ErrorCode, ErrorInfo, InpaintResult, JobStatus, ModelInfo, OutputImage,
+    BlockInfo, ErrorCode, ErrorInfo, InpaintResult, JobStatus, ModelInfo, OutputObject,
     RESULT_SCHEMA_VERSION, SafetyReport, WatermarkInfo, WorkerInfo,
 };
 pub use schema::{

@@ -35,7 +35,7 @@ pub struct InpaintResult {
 
     /// The images written, in index order. Empty unless `status` is `succeeded`.
     #[serde(default)]
-    pub outputs: Vec<OutputImage>,
+    pub outputs: Vec<OutputObject>,
 
     /// Why the job did not succeed. Present for `failed`, `rejected`, `expired` and `cancelled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,9 +111,13 @@ pub enum JobStatus {
     Cancelled,
 }
 
+// The stored object, as the result lists it; the plugin API's `OutputImage` is the image itself
+// on its way through the stages, before it is stored. The doc line below is the schema's
+// description and the schema keeps its v1 definition name, so the published file is unchanged.
 /// One image written by the worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct OutputImage {
+#[schemars(rename = "OutputImage")]
+pub struct OutputObject {
     /// Where the image was written: `s3://bucket/prefix/job_id/index.ext`.
     #[schemars(with = "S3Uri")]
     pub uri: ObjectRef,
@@ -500,7 +504,7 @@ mod tests {
             worker(),
             at(),
         );
-        r.outputs.push(OutputImage {
+        r.outputs.push(OutputObject {
             uri: "s3://out/j/0.png".parse().expect("ref"),
             index: 0,
             seed: 42,

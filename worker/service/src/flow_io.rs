@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use inpaint_job::{
-    ErrorCode, InpaintJob, InpaintResult, JobId, JobStatus, OutputImage, WorkerInfo,
+    ErrorCode, InpaintJob, InpaintResult, JobId, JobStatus, OutputObject, WorkerInfo,
 };
 use inpaint_storage::{ObjectRef, PutRequest};
 use sha2::{Digest, Sha256};
@@ -138,7 +138,7 @@ impl JobFlow {
         job: &InpaintJob,
         outputs: Vec<inpaint_plugin_api::OutputImage>,
         timings: &mut Timings,
-    ) -> Result<Vec<OutputImage>, JobFailure> {
+    ) -> Result<Vec<OutputObject>, JobFailure> {
         let t = Instant::now();
         let format = job.output.format;
         let model = self.inference.model();
@@ -170,7 +170,7 @@ impl JobFlow {
                 ],
             };
             self.storage.put(&uri, Bytes::from(bytes), &request).await?;
-            Ok::<_, JobFailure>(OutputImage {
+            Ok::<_, JobFailure>(OutputObject {
                 uri,
                 index,
                 seed: out.seed,
