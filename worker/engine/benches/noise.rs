@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use inpaint_engine::schedulers::{CpuGenerator, Generators, NoiseSource};
-use inpaint_engine::tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 fn run(mut generators: Generators, steps: usize) -> (f64, Tensor) {
     let batch = generators.0.len() as i64;

@@ -17,8 +17,8 @@ use inpaint_engine::pipeline::{
     BatchNoise, InpaintPipeline, InpaintRequest, StepControl, pil_luma,
 };
 use inpaint_engine::schedulers::SchedulerKind;
-use inpaint_engine::tch::get_num_threads;
 use serde_json::Value;
+use tch::get_num_threads;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -16,7 +16,7 @@ use inpaint_engine::pipeline::{
     BatchItem, BatchNoise, BatchShape, InpaintOutput, InpaintPipeline, InpaintRequest, StepControl,
 };
 use inpaint_engine::schedulers::SchedulerKind;
-use inpaint_engine::tch::Tensor;
+use tch::Tensor;
 
 /// tiny-sd-c is not here: there the batch's later requests still differ from running alone by
 /// up to 4e-5 in the latents (some 8-bit pixels too). Cause, found by a per-module probe: its

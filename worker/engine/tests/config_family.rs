@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use inpaint_engine::model_folder::{LoadOptions, load_text_encoder, load_unet, load_vae};
-use inpaint_engine::tch::{Kind, Tensor};
 use serde_json::Value;
+use tch::{Kind, Tensor};
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 

@@ -12,7 +12,7 @@ use inpaint_engine::job::JobSpec;
 use inpaint_engine::model_folder::LoadOptions;
 use inpaint_engine::pipeline::{InpaintPipeline, StepControl};
 use inpaint_engine::schedulers::SchedulerKind;
-use inpaint_engine::tch::{Kind, Tensor};
+use tch::{Kind, Tensor};
 
 fn model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/parity/fixtures/models/tiny-sd-a")

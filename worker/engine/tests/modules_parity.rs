@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use inpaint_engine::model_folder::{LoadOptions, load_text_encoder, load_unet, load_vae};
-use inpaint_engine::tch::{Kind, Tensor};
+use tch::{Kind, Tensor};
 
 fn parity_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/parity")

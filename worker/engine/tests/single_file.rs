@@ -14,8 +14,8 @@ use inpaint_engine::pipeline::InpaintPipeline;
 use inpaint_engine::single_file::{
     self, KeyMap, ModelConfigs, TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX,
 };
-use inpaint_engine::tch::{Device, Kind, Tensor};
 use serde_json::Value;
+use tch::{Device, Kind, Tensor};
 
 mod tiny_sd_c;
 use tiny_sd_c::{first_image, max_channel_diff, request};

@@ -99,10 +99,11 @@ impl Parts {
 /// Whether the libtorch engine runs on a GPU here (what `auto` resolves to included).
 fn engine_on_cuda(settings: &Settings) -> bool {
     settings.engine.backend == EngineBackend::Tch
-        && matches!(
-            settings.engine.device.resolve(),
-            Ok(inpaint_engine::tch::Device::Cuda(_))
-        )
+        && settings
+            .engine
+            .device
+            .resolve()
+            .is_ok_and(|device| device.is_cuda())
 }
 
 /// The model a pass-through worker reports (for tests comparing results).

@@ -9,7 +9,6 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::StreamExt;
 use image::{ImageFormat, RgbImage};
-use inpaint_engine::tch::Device;
 use inpaint_engine::{DeviceSpec, image_tensor};
 use inpaint_queue::BrokerConfig;
 use inpaint_queue::lapin::BasicProperties;
@@ -58,13 +57,6 @@ fn png_bytes(image: &RgbImage) -> anyhow::Result<Bytes> {
     let mut out = Cursor::new(Vec::new());
     image.write_to(&mut out, ImageFormat::Png)?;
     Ok(Bytes::from(out.into_inner()))
-}
-
-fn flip_with_libtorch(image: &RgbImage, device: Device) -> anyhow::Result<RgbImage> {
-    let tensor = image_tensor::rgb_to_tensor(image, device)?;
-    let flipped = tensor.f_flip([3])?;
-    let mut images = image_tensor::tensor_to_rgb(&flipped)?;
-    images.pop().context("libtorch returned no image")
 }
 
 /// Runs the round trip: put an image in the store, publish a job naming it (confirmed), consume
@@ -131,8 +123,13 @@ pub async fn run_smoke(settings: &SmokeSettings) -> anyhow::Result<SmokeReport> 
 
     let fetched = storage.get(&received.image, Some(10 << 20)).await?;
     let decoded = image::load_from_memory(&fetched.bytes)?.to_rgb8();
-    let flipped =
-        tokio::task::spawn_blocking(move || flip_with_libtorch(&decoded, device)).await??;
+    // The "inference": a horizontal flip by libtorch on the resolved device.
+    let flipped = tokio::task::spawn_blocking(move || -> anyhow::Result<RgbImage> {
+        let tensor = image_tensor::rgb_to_tensor(&decoded, device)?;
+        let mut images = image_tensor::tensor_to_rgb(&tensor.f_flip([3])?)?;
+        images.pop().context("libtorch returned no image")
+    })
+    .await??;
     let expected = image::imageops::flip_horizontal(&image);
     if flipped != expected {
         bail!("libtorch flip does not match the CPU flip");
