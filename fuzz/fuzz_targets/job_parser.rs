@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
         let again = InpaintJob::from_json(&bytes).expect("a serialised job re-parses");
         assert_eq!(again, job);
         let sent: serde_json::Value = serde_json::from_slice(data).expect("it was JSON");
-        assert_eq!(sent["job_id"].as_str(), Some(job.job_id.to_string().as_str()));
+        assert_eq!(
+            sent["job_id"].as_str(),
+            Some(job.job_id.to_string().as_str())
+        );
         assert_eq!(again.request_sha256(), job.request_sha256());
         let _ = job.check_limits(&ChainLimits::default_chain());
         let _ = job.check_output_not_input();

@@ -226,8 +226,12 @@ fn png_base64(image: &RgbImage) -> Result<String, ExternalError> {
     Ok(BASE64.encode(png))
 }
 
-/// Validates a response and turns it into a verdict (see the module docs for the format).
-pub(crate) fn decode_response(
+/// Validates a response and turns it into a verdict (see the module docs for the format): the
+/// one place a stage's reply bytes are read, by both stages and by the fuzz target
+/// `external_protocol`. `expected_id` is the request's id; `image_size` the output image's
+/// size after output (a replacement must keep it), `None` before inference. Never panics: any
+/// input is a verdict or an [`ExternalError::Malformed`].
+pub fn decode_response(
     bytes: &[u8],
     expected_id: u64,
     ctx: &JobContext,
