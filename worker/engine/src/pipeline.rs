@@ -24,6 +24,8 @@ use crate::schedulers::{
 };
 use crate::tokenizer::ClipTokenizer;
 
+mod bench;
+
 /// How the images of one batch get their random numbers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BatchNoise {
@@ -171,6 +173,38 @@ impl InpaintPipeline {
     pub fn native_resolution(&self) -> u32 {
         let sample = self.unet.config().sample_size.unwrap_or(64);
         u32::try_from(sample * self.vae_scale_factor()).unwrap_or(512)
+    }
+
+    /// An estimate of the device memory a batch of `images` images of `shape` needs beyond the
+    /// weights, in bytes: what the worker's `engine.batch_memory_mib` is compared with.
+    ///
+    /// Without autograd only the working set of the current layer is alive. At the UNet's first
+    /// level (the largest spatial size) that is the self-attention: scaled-dot-product attention
+    /// may fall back to its math kernel on any device, which holds the scores and their softmax,
+    /// `rows x heads x N^2` each (N latent pixels, two rows per image with guidance), next to a
+    /// few `rows x N x C` activations (input, residual, the feed-forward's 8C-wide hidden). The
+    /// VAE decoder's first up-block at full resolution (512 channels at a quarter of the pixels,
+    /// 256 at half, 128 at full, three tensors alive) runs per job and counts once per image. An
+    /// estimate for sizing, not a promise: a batch that still runs out of memory is split.
+    pub fn batch_memory_bytes(&self, shape: &BatchShape, images: usize) -> u64 {
+        let unet = self.unet.config();
+        let element = self.kind.elt_size_in_bytes() as u64;
+        let factor = self.vae_scale_factor().max(1) as u64;
+        let latent_pixels = (u64::from(shape.width) / factor) * (u64::from(shape.height) / factor);
+        let rows = 2 * images as u64;
+        let channels = unet
+            .block_out_channels
+            .first()
+            .copied()
+            .unwrap_or(320)
+            .max(1) as u64;
+        let heads = unet.heads(0).unwrap_or(8).max(1) as u64;
+        let attention = 2 * rows * heads * latent_pixels * latent_pixels * element;
+        let activations = 12 * rows * latent_pixels * channels * element;
+        let pixels = u64::from(shape.width) * u64::from(shape.height);
+        let vae_element = self.vae_kind.elt_size_in_bytes() as u64;
+        let decoder = 3 * 128 * pixels * vae_element;
+        attention + activations + images as u64 * decoder
     }
 
     /// True when the UNet takes mask and masked-image latents (9 channels).

@@ -31,9 +31,28 @@ pub struct WeightStore {
     problems: RefCell<Vec<String>>,
     kind: Kind,
     device: Device,
+    /// A store without a file that answers every name with random numbers of the asked shape:
+    /// full-size architectures for benchmarks, with nothing to download.
+    random: bool,
 }
 
 impl WeightStore {
+    /// A store that gives every tensor asked for, of the asked shape, random values (normal,
+    /// standard deviation 0.02): for measuring speed and memory of an architecture whose
+    /// weights are not at hand. Its images are noise.
+    pub fn random(source: PathBuf, kind: Kind, device: Device) -> Self {
+        Self {
+            source,
+            tensors: HashMap::new(),
+            file: None,
+            used: RefCell::new(BTreeSet::new()),
+            problems: RefCell::new(Vec::new()),
+            kind,
+            device,
+            random: true,
+        }
+    }
+
     /// Reads `path` (a `.safetensors` file). Pickle-based formats are never read here.
     pub fn open(path: &Path, kind: Kind, device: Device) -> Result<Self, EngineError> {
         if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
@@ -83,6 +102,7 @@ impl WeightStore {
             problems: RefCell::new(Vec::new()),
             kind,
             device,
+            random: false,
         })
     }
 
@@ -121,6 +141,7 @@ impl WeightStore {
             problems: RefCell::new(Vec::new()),
             kind,
             device,
+            random: false,
         }
     }
 
@@ -270,7 +291,7 @@ impl<'a> Weights<'a> {
 
     /// Whether the file has `name` in this scope.
     pub fn contains(&self, name: &str) -> bool {
-        self.store.tensors.contains_key(&self.full_name(name))
+        self.store.random || self.store.tensors.contains_key(&self.full_name(name))
     }
 
     /// The tensor `name` of exactly `shape`, converted to the store's kind and device. A missing
@@ -278,6 +299,10 @@ impl<'a> Weights<'a> {
     /// find every other problem; [`WeightStore::finish`] then fails.
     pub fn get(&self, name: &str, shape: &[i64]) -> Tensor {
         let full = self.full_name(name);
+        if self.store.random {
+            return (Tensor::randn(shape, (Kind::Float, self.store.device)) * 0.02)
+                .to_kind(self.store.kind);
+        }
         let placeholder = || Tensor::zeros(shape, (self.store.kind, self.store.device));
         let Some(entry) = self.store.tensors.get(&full) else {
             self.store
