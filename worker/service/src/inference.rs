@@ -3,13 +3,10 @@
 //! [`InferenceThread`], the dedicated OS thread that runs whichever one is configured, fed by a
 //! channel, turning a panic into a job error.
 //!
-//! Batching: the thread takes one request at a time today. A batch of compatible jobs (same
-//! size, steps and scheduler) can be added as a `run_batch` method with a default that loops
-//! over [`Inference::run`], and a thread loop that drains compatible work from the channel;
-//! nothing in the runner assumes one job per call beyond the reply channel per request.
+//! Cross-job batching lives in [`crate::batching`]: the thread gathers queued requests that can
+//! share one denoising loop (same [`BatchShape`]) into one call of [`Inference::run_batch`].
 
 use std::io::Read;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,14 +14,12 @@ use std::time::Duration;
 
 use image::RgbImage;
 use inpaint_engine::EngineError;
-use inpaint_engine::job::JobSpec;
+use inpaint_engine::job::{JobItem, JobSpec};
 use inpaint_engine::model_folder::LoadOptions;
-use inpaint_engine::pipeline::{InpaintPipeline, StepControl};
+use inpaint_engine::pipeline::{BatchShape, InpaintPipeline, StepControl};
 use inpaint_engine::schedulers::SchedulerKind;
 use inpaint_job::{JobId, ModelInfo, Scheduler};
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use crate::settings::EngineConfig;
 
@@ -71,19 +66,59 @@ pub enum InferenceError {
     Unavailable,
 }
 
+/// One request of [`Inference::run_batch`], with its own step callback.
+pub struct BatchRun<'a> {
+    pub request: &'a InferenceRequest,
+    /// `on_step(done, total)` after each step of this request; [`StepControl::Cancel`] stops it
+    /// alone (its result is [`InferenceError::Cancelled`]).
+    pub on_step: &'a mut dyn FnMut(usize, usize) -> StepControl,
+}
+
+impl std::fmt::Debug for BatchRun<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchRun")
+            .field("job_id", &self.request.job_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A model that turns requests into images. Runs on the inference thread only, so it needs to
 /// be `Send` but not `Sync`, and may keep mutable state.
 pub trait Inference: Send {
     /// What results report as the model.
     fn model(&self) -> ModelInfo;
 
-    /// Runs one request. `on_step(done, total)` is called after each denoising step; when it
-    /// returns [`StepControl::Cancel`] the run stops with [`InferenceError::Cancelled`].
+    /// The denoising loop `request` needs: requests of equal shape may share one
+    /// [`Inference::run_batch`] call. An error refuses the request at once, alone.
+    fn shape(&self, request: &InferenceRequest) -> Result<BatchShape, InferenceError>;
+
+    /// Runs requests of one shape together; one result per request, in order, each the same
+    /// as the request run alone. The outer error fails the batch as a whole (out of memory, a
+    /// model failure inside the shared loop): the caller splits it and tries again.
+    fn run_batch(
+        &mut self,
+        batch: &mut [BatchRun<'_>],
+    ) -> Result<Vec<Result<InferenceOutput, InferenceError>>, InferenceError>;
+
+    /// Device memory a batch of `images` images of `shape` needs beyond the weights, where the
+    /// engine can estimate it: what `engine.batch_memory_mib` is compared with.
+    fn batch_bytes(&self, _shape: &BatchShape, _images: usize) -> Option<u64> {
+        None
+    }
+
+    /// Runs one request: [`Inference::run_batch`] with a batch of one.
     fn run(
         &mut self,
         request: &InferenceRequest,
         on_step: &mut dyn FnMut(usize, usize) -> StepControl,
-    ) -> Result<InferenceOutput, InferenceError>;
+    ) -> Result<InferenceOutput, InferenceError> {
+        let mut batch = [BatchRun { request, on_step }];
+        self.run_batch(&mut batch)?.pop().unwrap_or_else(|| {
+            Err(InferenceError::Failed(
+                "the batch returned no result".into(),
+            ))
+        })
+    }
 }
 
 /// Returns the input image for every seed, resized to an explicit width/height (a grey canvas
@@ -98,20 +133,12 @@ pub struct PassThrough {
     pub calls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl Inference for PassThrough {
-    fn model(&self) -> ModelInfo {
-        ModelInfo {
-            id: "pass-through".into(),
-            weights_sha256: "0".repeat(64),
-        }
-    }
-
-    fn run(
-        &mut self,
+impl PassThrough {
+    fn run_one(
+        &self,
         request: &InferenceRequest,
         on_step: &mut dyn FnMut(usize, usize) -> StepControl,
     ) -> Result<InferenceOutput, InferenceError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
         let spec = &request.spec;
         let total = spec.num_inference_steps;
         for step in 1..=total {
@@ -139,6 +166,44 @@ impl Inference for PassThrough {
             images: spec.seeds.iter().map(|_| image.clone()).collect(),
             prompt_truncated: false,
         })
+    }
+}
+
+impl Inference for PassThrough {
+    fn model(&self) -> ModelInfo {
+        ModelInfo {
+            id: "pass-through".into(),
+            weights_sha256: "0".repeat(64),
+        }
+    }
+
+    fn shape(&self, request: &InferenceRequest) -> Result<BatchShape, InferenceError> {
+        let spec = &request.spec;
+        let (width, height) = match (&spec.image, spec.width, spec.height) {
+            (_, Some(w), Some(h)) => (w, h),
+            (Some(image), _, _) => image.dimensions(),
+            (None, _, _) => (512, 512),
+        };
+        Ok(BatchShape {
+            width,
+            height,
+            num_inference_steps: spec.num_inference_steps,
+            scheduler: spec.scheduler,
+            strength: spec.strength,
+            eta: (spec.scheduler == SchedulerKind::Ddim).then_some(spec.eta),
+        })
+    }
+
+    /// Steps the requests together, one call per request each step, as a real batch does.
+    fn run_batch(
+        &mut self,
+        batch: &mut [BatchRun<'_>],
+    ) -> Result<Vec<Result<InferenceOutput, InferenceError>>, InferenceError> {
+        self.calls.fetch_add(batch.len(), Ordering::SeqCst);
+        Ok(batch
+            .iter_mut()
+            .map(|run| self.run_one(run.request, &mut *run.on_step))
+            .collect())
     }
 }
 
@@ -190,6 +255,13 @@ impl TchEngine {
     }
 }
 
+impl TchEngine {
+    /// An engine over a pipeline loaded elsewhere (the `bench` command), reporting `model`.
+    pub fn from_pipeline(pipeline: InpaintPipeline, model: ModelInfo) -> Self {
+        Self { pipeline, model }
+    }
+}
+
 /// The engine's scheduler for the job's.
 pub fn scheduler_kind(scheduler: Scheduler) -> SchedulerKind {
     match scheduler {
@@ -202,32 +274,71 @@ pub fn scheduler_kind(scheduler: Scheduler) -> SchedulerKind {
     }
 }
 
+/// An engine error as an inference error: out-of-memory is transient, bad input permanent.
+fn inference_error(e: EngineError) -> InferenceError {
+    match e {
+        EngineError::Cancelled => InferenceError::Cancelled,
+        EngineError::InvalidInput(m) => InferenceError::InvalidInput(m),
+        e => {
+            let message = e.to_string();
+            if message.to_ascii_lowercase().contains("out of memory") {
+                InferenceError::OutOfMemory(message)
+            } else {
+                InferenceError::Failed(message)
+            }
+        }
+    }
+}
+
 impl Inference for TchEngine {
     fn model(&self) -> ModelInfo {
         self.model.clone()
     }
 
-    fn run(
+    fn shape(&self, request: &InferenceRequest) -> Result<BatchShape, InferenceError> {
+        self.pipeline
+            .job_shape(&request.spec)
+            .map_err(inference_error)
+    }
+
+    fn run_batch(
         &mut self,
-        r: &InferenceRequest,
-        on_step: &mut dyn FnMut(usize, usize) -> StepControl,
-    ) -> Result<InferenceOutput, InferenceError> {
-        match self.pipeline.run_job(&r.spec, on_step) {
-            Ok(out) => Ok(InferenceOutput {
-                images: out.images,
-                prompt_truncated: out.prompt_truncated,
-            }),
-            Err(EngineError::Cancelled) => Err(InferenceError::Cancelled),
-            Err(EngineError::InvalidInput(m)) => Err(InferenceError::InvalidInput(m)),
-            Err(e) => {
-                let message = e.to_string();
-                if message.to_ascii_lowercase().contains("out of memory") {
-                    Err(InferenceError::OutOfMemory(message))
-                } else {
-                    Err(InferenceError::Failed(message))
+        batch: &mut [BatchRun<'_>],
+    ) -> Result<Vec<Result<InferenceOutput, InferenceError>>, InferenceError> {
+        // A job whose own checks fail ends here, alone; the rest share the loop.
+        let mut results: Vec<Option<Result<InferenceOutput, InferenceError>>> =
+            batch.iter().map(|_| None).collect();
+        let mut items = Vec::with_capacity(batch.len());
+        let mut members = Vec::with_capacity(batch.len());
+        for (i, run) in batch.iter_mut().enumerate() {
+            match self.pipeline.plan_job(&run.request.spec) {
+                Ok(job) => {
+                    members.push(i);
+                    items.push(JobItem {
+                        job,
+                        on_step: &mut *run.on_step,
+                    });
                 }
+                Err(e) => results[i] = Some(Err(inference_error(e))),
             }
         }
+        if !items.is_empty() {
+            let outputs = self.pipeline.run_jobs(items).map_err(inference_error)?;
+            for (i, out) in members.into_iter().zip(outputs) {
+                results[i] = Some(out.map_err(inference_error).map(|out| InferenceOutput {
+                    images: out.images,
+                    prompt_truncated: out.prompt_truncated,
+                }));
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(InferenceError::Cancelled)))
+            .collect())
+    }
+
+    fn batch_bytes(&self, shape: &BatchShape, images: usize) -> Option<u64> {
+        Some(self.pipeline.batch_memory_bytes(shape, images))
     }
 }
 
@@ -281,268 +392,4 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Progress of a running job: (step, total).
-pub type Progress = mpsc::Sender<(u32, u32)>;
-
-/// Asked before the run and after each step, on the inference thread: true stops the run there
-/// as a cancel does (the flow gives the job's deadline, read from its clock).
-pub type StopWhen = Arc<dyn Fn() -> bool + Send + Sync>;
-
-struct Work {
-    request: InferenceRequest,
-    cancelled: CancellationToken,
-    stop_when: Option<StopWhen>,
-    progress: Option<Progress>,
-    reply: oneshot::Sender<Result<InferenceOutput, InferenceError>>,
-}
-
-/// The dedicated inference thread. Cloning the handle shares the thread; the thread ends when
-/// the last handle is dropped.
-#[derive(Clone, Debug)]
-pub struct InferenceThread {
-    work: std::sync::mpsc::Sender<Work>,
-    model: ModelInfo,
-}
-
-impl std::fmt::Debug for Work {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Work")
-            .field("job_id", &self.request.job_id)
-            .finish()
-    }
-}
-
-impl InferenceThread {
-    /// Starts the thread and builds the engine on it with `factory` (models are loaded where
-    /// they run); returns once the engine is ready, or with its error.
-    pub async fn spawn<F>(factory: F) -> Result<Self, InferenceError>
-    where
-        F: FnOnce() -> Result<Box<dyn Inference>, InferenceError> + Send + 'static,
-    {
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let (work_tx, work_rx) = std::sync::mpsc::channel::<Work>();
-        std::thread::Builder::new()
-            .name("inference".into())
-            .spawn(move || {
-                let engine = match catch_unwind(AssertUnwindSafe(factory)) {
-                    Ok(Ok(engine)) => engine,
-                    Ok(Err(e)) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                    Err(panic) => {
-                        let _ = ready_tx.send(Err(InferenceError::Panicked(panic_message(&panic))));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(engine.model()));
-                serve(engine, work_rx);
-            })
-            .map_err(|e| {
-                InferenceError::Failed(format!("cannot start the inference thread: {e}"))
-            })?;
-        let model = ready_rx.await.map_err(|_| InferenceError::Unavailable)??;
-        Ok(Self {
-            work: work_tx,
-            model,
-        })
-    }
-
-    /// The loaded model.
-    pub fn model(&self) -> &ModelInfo {
-        &self.model
-    }
-
-    /// Queues `request` and waits for its images. Cancelling `cancelled` stops it while queued
-    /// or between steps; `progress` receives (step, total) after each step (dropped when full).
-    pub async fn run(
-        &self,
-        request: InferenceRequest,
-        cancelled: CancellationToken,
-        progress: Option<Progress>,
-    ) -> Result<InferenceOutput, InferenceError> {
-        self.run_until(request, cancelled, None, progress).await
-    }
-
-    /// [`InferenceThread::run`], also stopped (as by a cancel) once `stop_when` says so: checked
-    /// before the run starts and after every step, like the cancel token.
-    pub async fn run_until(
-        &self,
-        request: InferenceRequest,
-        cancelled: CancellationToken,
-        stop_when: Option<StopWhen>,
-        progress: Option<Progress>,
-    ) -> Result<InferenceOutput, InferenceError> {
-        let (reply, answer) = oneshot::channel();
-        self.work
-            .send(Work {
-                request,
-                cancelled,
-                stop_when,
-                progress,
-                reply,
-            })
-            .map_err(|_| InferenceError::Unavailable)?;
-        answer.await.map_err(|_| InferenceError::Unavailable)?
-    }
-}
-
-fn serve(mut engine: Box<dyn Inference>, work: std::sync::mpsc::Receiver<Work>) {
-    while let Ok(item) = work.recv() {
-        let Work {
-            request,
-            cancelled,
-            stop_when,
-            progress,
-            reply,
-        } = item;
-        let stopped = || cancelled.is_cancelled() || stop_when.as_ref().is_some_and(|stop| stop());
-        if stopped() {
-            let _ = reply.send(Err(InferenceError::Cancelled));
-            continue;
-        }
-        let _span = tracing::info_span!("inference", job_id = %request.job_id).entered();
-        let mut on_step = |step: usize, total: usize| {
-            if let Some(progress) = &progress {
-                let _ = progress.try_send((step as u32, total as u32));
-            }
-            if stopped() {
-                StepControl::Cancel
-            } else {
-                StepControl::Continue
-            }
-        };
-        let result = catch_unwind(AssertUnwindSafe(|| engine.run(&request, &mut on_step)))
-            .unwrap_or_else(|panic| Err(panic_failure(&panic)));
-        let _ = reply.send(result);
-    }
-}
-
-/// A panic on the inference thread as a job error. libtorch reports a CUDA allocation failure
-/// through tch's infallible ops as a panic whose message says "out of memory": that one is
-/// transient (another attempt, or another worker, may fit), every other panic is not.
-fn panic_failure(panic: &Box<dyn std::any::Any + Send>) -> InferenceError {
-    let message = panic_message(panic);
-    if message.to_ascii_lowercase().contains("out of memory") {
-        InferenceError::OutOfMemory(message)
-    } else {
-        InferenceError::Panicked(message)
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_out_of_memory_panic_is_transient_and_other_panics_are_not() {
-        let oom =
-            catch_unwind(|| panic!("Torch(\"CUDA out of memory. Tried to allocate 2.00 GiB\")"))
-                .expect_err("panics");
-        assert!(matches!(
-            panic_failure(&oom),
-            InferenceError::OutOfMemory(_)
-        ));
-        let bug = catch_unwind(|| panic!("index out of bounds")).expect_err("panics");
-        assert!(matches!(panic_failure(&bug), InferenceError::Panicked(_)));
-    }
-
-    struct Panicky;
-    impl Inference for Panicky {
-        fn model(&self) -> ModelInfo {
-            PassThrough::default().model()
-        }
-        fn run(
-            &mut self,
-            request: &InferenceRequest,
-            _: &mut dyn FnMut(usize, usize) -> StepControl,
-        ) -> Result<InferenceOutput, InferenceError> {
-            if request.spec.prompt == "boom" {
-                panic!("engine exploded");
-            }
-            Ok(InferenceOutput {
-                images: vec![],
-                prompt_truncated: false,
-            })
-        }
-    }
-
-    fn request(prompt: &str) -> InferenceRequest {
-        InferenceRequest {
-            job_id: JobId::new_random(),
-            spec: JobSpec {
-                prompt: prompt.into(),
-                negative_prompt: None,
-                image: None,
-                mask: None,
-                width: Some(8),
-                height: Some(8),
-                num_inference_steps: 3,
-                guidance_scale: 7.5,
-                strength: 1.0,
-                eta: 0.0,
-                scheduler: SchedulerKind::Pndm,
-                seeds: vec![1, 2],
-                preserve_unmasked: true,
-                mask_grow_px: 0,
-                mask_feather_px: 0,
-                crop_to_mask: None,
-                max_side: 1024,
-            },
-        }
-    }
-
-    #[tokio::test]
-    async fn a_panic_is_a_job_error_and_the_thread_lives_on() {
-        let thread = InferenceThread::spawn(|| Ok(Box::new(Panicky) as Box<dyn Inference>))
-            .await
-            .expect("spawn");
-        let err = thread
-            .run(request("boom"), CancellationToken::new(), None)
-            .await
-            .expect_err("panics");
-        assert!(
-            matches!(err, InferenceError::Panicked(ref m) if m.contains("exploded")),
-            "{err}"
-        );
-        thread
-            .run(request("fine"), CancellationToken::new(), None)
-            .await
-            .expect("still serving");
-    }
-
-    #[tokio::test]
-    async fn pass_through_reports_progress_and_stops_when_cancelled() {
-        let engine = PassThrough::default();
-        let thread = InferenceThread::spawn(move || Ok(Box::new(engine) as Box<dyn Inference>))
-            .await
-            .expect("spawn");
-        let (tx, mut rx) = mpsc::channel(16);
-        let out = thread
-            .run(request("x"), CancellationToken::new(), Some(tx))
-            .await
-            .expect("runs");
-        assert_eq!(out.images.len(), 2);
-        assert_eq!(out.images[0].dimensions(), (8, 8));
-        let mut steps = Vec::new();
-        while let Ok(step) = rx.try_recv() {
-            steps.push(step);
-        }
-        assert_eq!(steps, vec![(1, 3), (2, 3), (3, 3)]);
-        let cancelled = CancellationToken::new();
-        cancelled.cancel();
-        let err = thread
-            .run(request("x"), cancelled, None)
-            .await
-            .expect_err("cancelled");
-        assert!(matches!(err, InferenceError::Cancelled));
-    }
-}
+pub use crate::batching::{BatchConfig, BatchStats, InferenceThread, Progress, StopWhen};

@@ -14,12 +14,13 @@
 //! - [`error`]: [`error::JobFailure`] and [`error::action_for`], the one place that maps an
 //!   outcome to ack, retry, dead-letter or release; [`settle`] carries every action out.
 //! - [`inference`]: the [`inference::Inference`] trait, the libtorch engine, the pass-through
-//!   engine and the dedicated inference thread.
+//!   engine; [`batching`]: the dedicated inference thread and its cross-job batching.
 //! - [`images`]: decoding within limits, fitting to the output size, encoding.
 //! - [`store`]: [`store::ObjectStorage`], the object operations the runner needs.
 //! - [`cancel`]: cancel requests shared between the cancel consumer and running jobs; each
 //!   running job's `CancellationToken` is a child of the session's stop token.
 //! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`; [`gpu`]: GPU memory via NVML.
+//! - [`bench`]: `inpaint-worker bench`, sizing a machine: part timings, batch sizes, backlogs.
 //! - [`submit`]: `inpaint-worker submit`, publishing a job from the command line.
 //! - [`inpaint_cli`]: `inpaint-worker inpaint`, one job on local files through the worker's
 //!   [`flow::JobFlow`] (same chain rules, encoder, provenance, signing, result), no broker.
@@ -28,6 +29,8 @@
 //!   worker has (RabbitMQ with publisher confirms and manual ack, S3, libtorch), for checking a
 //!   deployment before it takes jobs.
 
+pub mod batching;
+pub mod bench;
 pub mod cancel;
 pub mod error;
 pub mod flow;

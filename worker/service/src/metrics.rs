@@ -23,30 +23,51 @@ pub const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
-/// A cumulative histogram with [`BUCKETS`].
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
+/// Upper bounds of the batch-size histogram, in images.
+pub const BATCH_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+/// A cumulative histogram over `N` upper bounds: [`BUCKETS`] (seconds) unless told otherwise.
+#[derive(Debug)]
+pub struct Histogram<const N: usize = 14> {
+    bounds: [f64; N],
+    counts: [AtomicU64; N],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
-impl Histogram {
-    /// Records one observation in seconds.
-    pub fn observe(&self, seconds: f64) {
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
-            if seconds <= *bound {
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::with_bounds(BUCKETS)
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    /// An empty histogram over `bounds` (ascending).
+    pub fn with_bounds(bounds: [f64; N]) -> Self {
+        Self {
+            bounds,
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation (seconds, or the histogram's unit).
+    pub fn observe(&self, value: f64) {
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            if value <= *bound {
                 count.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
     }
 
     /// This histogram as one metric with `labels`.
     fn to_metric(&self, labels: &[(&str, &str)]) -> Metric {
-        let buckets = BUCKETS
+        let buckets = self
+            .bounds
             .iter()
             .zip(&self.counts)
             .map(|(bound, count)| {
@@ -63,6 +84,27 @@ impl Histogram {
         let mut m = Metric::from_label(label_pairs(labels));
         m.set_histogram(h);
         m
+    }
+}
+
+/// The inference thread's batches: sizes, images made, time busy.
+#[derive(Debug)]
+pub struct BatchMetrics {
+    /// Images per batch.
+    pub images_per_batch: Histogram<7>,
+    /// Images made.
+    pub images: AtomicU64,
+    /// Time inside the engine, in microseconds.
+    pub busy_micros: AtomicU64,
+}
+
+impl Default for BatchMetrics {
+    fn default() -> Self {
+        Self {
+            images_per_batch: Histogram::with_bounds(BATCH_BUCKETS),
+            images: AtomicU64::new(0),
+            busy_micros: AtomicU64::new(0),
+        }
     }
 }
 
@@ -115,6 +157,8 @@ pub struct Metrics {
     pub stages: Mutex<BTreeMap<String, std::sync::Arc<Histogram>>>,
     /// Time from the producer's timestamp to the worker picking the job up (retries included).
     pub queue_wait_seconds: Histogram,
+    /// Cross-job batches of the inference thread.
+    pub batches: BatchMetrics,
     /// GPU memory, sampled at each scrape; set when the engine runs on CUDA and NVML opens.
     pub gpu: std::sync::OnceLock<GpuMemory>,
 }
@@ -139,6 +183,17 @@ impl Metrics {
         *actions
             .entry((action.to_owned(), category.to_owned()))
             .or_default() += 1;
+    }
+
+    /// Records a batch the inference thread ran.
+    pub fn observe_batch(&self, stats: &crate::batching::BatchStats) {
+        self.batches.images_per_batch.observe(stats.images as f64);
+        self.batches
+            .images
+            .fetch_add(stats.images as u64, Ordering::Relaxed);
+        self.batches
+            .busy_micros
+            .fetch_add(stats.busy.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Records a stage's latency.
@@ -227,6 +282,31 @@ impl Metrics {
                 MetricType::HISTOGRAM,
                 stages,
             ),
+            family(
+                "inpaint_batch_images",
+                "Images per batch of the inference thread (cross-job batching).",
+                MetricType::HISTOGRAM,
+                vec![self.batches.images_per_batch.to_metric(&[])],
+            ),
+            family(
+                "inpaint_images_total",
+                "Images made by the engine; rate() is images per second.",
+                MetricType::COUNTER,
+                vec![counter(&[], self.batches.images.load(Ordering::Relaxed))],
+            ),
+            {
+                let mut busy = Counter::default();
+                busy.set_value(self.batches.busy_micros.load(Ordering::Relaxed) as f64 / 1e6);
+                let mut metric = Metric::default();
+                metric.set_counter(busy);
+                family(
+                    "inpaint_inference_busy_seconds_total",
+                    "Time the inference thread spent in the engine; rate() is the busy \
+                     fraction of the device.",
+                    MetricType::COUNTER,
+                    vec![metric],
+                )
+            },
         ]
         .into_iter()
         // The encoder refuses a family without metrics (no status counted yet, say).
@@ -363,6 +443,33 @@ mod tests {
             text.contains("inpaint_stage_seconds_count{stage=\"upload\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn batches_are_counted_by_size_images_and_busy_time() {
+        let m = Metrics::default();
+        for images in [1, 3, 8, 8] {
+            m.observe_batch(&crate::batching::BatchStats {
+                jobs: images,
+                images,
+                busy: std::time::Duration::from_millis(250),
+            });
+        }
+        let samples = exposition::parse(&m.render()).expect("parses");
+        let value = |name: &str, le: Option<&str>| {
+            samples
+                .iter()
+                .find(|(n, labels, _)| n == name && labels.get("le").map(String::as_str) == le)
+                .map(|(_, _, v)| *v)
+                .unwrap_or_else(|| panic!("{name} {le:?} missing"))
+        };
+        assert_eq!(value("inpaint_batch_images_bucket", Some("1")), 1.0);
+        assert_eq!(value("inpaint_batch_images_bucket", Some("4")), 2.0);
+        assert_eq!(value("inpaint_batch_images_bucket", Some("8")), 4.0);
+        assert_eq!(value("inpaint_batch_images_count", None), 4.0);
+        assert_eq!(value("inpaint_batch_images_sum", None), 20.0);
+        assert_eq!(value("inpaint_images_total", None), 20.0);
+        assert_eq!(value("inpaint_inference_busy_seconds_total", None), 1.0);
     }
 
     /// Label values of every kind a stage may report, escaped so that a real parser reads them

@@ -63,21 +63,9 @@ impl Parts {
     /// Builds the store, loads the engine on its thread and builds the chain.
     pub async fn build(settings: &Settings) -> Result<Self, WorkerError> {
         let storage = Arc::new(settings.storage.build()?);
-        let engine = settings.engine.clone();
-        let inference = match engine.backend {
-            EngineBackend::Tch => {
-                InferenceThread::spawn(move || {
-                    TchEngine::load(&engine).map(|e| Box::new(e) as Box<dyn Inference>)
-                })
-                .await?
-            }
-            EngineBackend::PassThrough => {
-                InferenceThread::spawn(|| Ok(Box::new(PassThrough::default()) as Box<_>)).await?
-            }
-        };
-        let chain = Arc::new(inpaint_stages::build_chain(&settings.chain.stages)?);
         let metrics = Arc::new(Metrics::default());
-        if engine_on_cuda(settings) {
+        let on_cuda = engine_on_cuda(settings);
+        if on_cuda {
             match GpuMemory::open() {
                 Ok(gpu) => {
                     let _ = metrics.gpu.set(gpu);
@@ -87,6 +75,32 @@ impl Parts {
                 }
             }
         }
+        let engine = settings.engine.clone();
+        let mut batching = engine.batching();
+        let observed = Arc::clone(&metrics);
+        batching.observe = Some(Arc::new(move |stats| observed.observe_batch(stats)));
+        if on_cuda && engine.max_batch > 1 {
+            // Asked once the model is loaded: what the weights left free bounds a batch.
+            let device = engine.device;
+            batching.free_memory = Some(Arc::new(move || free_device_memory(&device)));
+        }
+        let inference = match engine.backend {
+            EngineBackend::Tch => {
+                InferenceThread::spawn_batching(
+                    move || TchEngine::load(&engine).map(|e| Box::new(e) as Box<dyn Inference>),
+                    batching,
+                )
+                .await?
+            }
+            EngineBackend::PassThrough => {
+                InferenceThread::spawn_batching(
+                    || Ok(Box::new(PassThrough::default()) as Box<_>),
+                    batching,
+                )
+                .await?
+            }
+        };
+        let chain = Arc::new(inpaint_stages::build_chain(&settings.chain.stages)?);
         Ok(Self {
             storage,
             inference,
@@ -94,6 +108,22 @@ impl Parts {
             metrics,
         })
     }
+}
+
+/// Free memory of the CUDA device the engine runs on, by NVML. NVML counts devices in PCI
+/// order and ignores `CUDA_VISIBLE_DEVICES`; with exactly one visible device that is the one.
+fn free_device_memory(device: &inpaint_engine::DeviceSpec) -> Option<u64> {
+    let gpu = GpuMemory::open().ok()?;
+    let devices = gpu.sample();
+    let index = match (devices.len(), device) {
+        (1, _) => devices.first()?.index,
+        (_, inpaint_engine::DeviceSpec::Cuda(n)) => u32::try_from(*n).ok()?,
+        _ => 0,
+    };
+    devices
+        .iter()
+        .find(|d| d.index == index)
+        .map(|d| d.total.saturating_sub(d.used))
 }
 
 /// Whether the libtorch engine runs on a GPU here (what `auto` resolves to included).

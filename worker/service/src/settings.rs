@@ -12,7 +12,6 @@
 //! container image, another machine) runs it without the source tree, and every start on it logs
 //! a warning.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,140 +23,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::topology::TopologyConfig;
 
-/// The value of `engine.model` that names the tiny random-weight test model compiled into the
-/// binary (`tests/parity/fixtures/models/tiny-sd-a`; it paints noise).
-pub const EMBEDDED_TINY: &str = "embedded-tiny";
+use embedded_model::embedded_tiny_digest;
+pub use embedded_model::{
+    EMBEDDED_TINY, EMBEDDED_TINY_FILES, EMBEDDED_TINY_WARNING, embedded_tiny_folder,
+};
 
-/// The warning logged on every start on [`EMBEDDED_TINY`].
-pub const EMBEDDED_TINY_WARNING: &str = "engine.model = \"embedded-tiny\": serving the tiny \
-     random-weight test model, which paints noise; name a real stable-diffusion-inpainting folder \
-     for production";
-
-/// Generates the table of embedded tiny-model files from their paths inside the model folder.
-macro_rules! embedded_tiny_files {
-    ($($path:literal),* $(,)?) => {
-        &[$((
-            $path,
-            include_bytes!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../tests/parity/fixtures/models/tiny-sd-a/",
-                $path
-            )) as &[u8],
-        )),*]
-    };
-}
-
-/// Every file of the tiny model, by its path inside the model folder (2.6 MB in all). A test
-/// checks that this list is exactly the fixture folder's files, byte for byte.
-pub const EMBEDDED_TINY_FILES: &[(&str, &[u8])] = embedded_tiny_files![
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "tokenizer/merges.txt",
-    "tokenizer/special_tokens_map.json",
-    "tokenizer/tokenizer.json",
-    "tokenizer/tokenizer_config.json",
-    "tokenizer/vocab.json",
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-];
-
-/// Writes the embedded tiny model to a folder the engine can load and returns it:
-/// `$INPAINT_CACHE_DIR` (or the system temporary folder, `$TMPDIR`) `/inpaint-worker-embedded-tiny-<hash>`,
-/// where `<hash>` is a digest of the files. A folder that is already there with exactly these
-/// bytes is reused (concurrent workers on one machine share it); one with other bytes (partly
-/// written, edited) is replaced. Files are written to a private sibling folder first and renamed
-/// into place, so a reader never sees a half-written model.
-pub fn embedded_tiny_folder() -> Result<PathBuf, SettingsError> {
-    let base = std::env::var_os("INPAINT_CACHE_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    materialise_embedded_tiny(&base)
-}
-
-fn embedded_tiny_digest() -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    for (path, bytes) in EMBEDDED_TINY_FILES {
-        hasher.update((path.len() as u64).to_le_bytes());
-        hasher.update(path.as_bytes());
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    }
-    hasher
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Whether `folder` holds every embedded file with exactly the embedded bytes.
-fn holds_embedded_tiny(folder: &Path) -> bool {
-    EMBEDDED_TINY_FILES.iter().all(|(path, bytes)| {
-        std::fs::read(folder.join(path)).is_ok_and(|on_disk| on_disk == *bytes)
-    })
-}
-
-fn materialise_embedded_tiny(base: &Path) -> Result<PathBuf, SettingsError> {
-    let failed = |what: &str, path: &Path, e: std::io::Error| {
-        invalid(
-            "engine.model",
-            format!(
-                "embedded-tiny: {what} {} failed: {e} (set INPAINT_CACHE_DIR or TMPDIR to a \
-                 writable folder)",
-                path.display()
-            ),
-        )
-    };
-    let folder = base.join(format!(
-        "inpaint-worker-embedded-tiny-{}",
-        embedded_tiny_digest()
-    ));
-    if holds_embedded_tiny(&folder) {
-        return Ok(folder);
-    }
-    std::fs::create_dir_all(base).map_err(|e| failed("creating", base, e))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let staging = base.join(format!(
-        ".inpaint-worker-embedded-tiny-{}-{nanos}",
-        std::process::id()
-    ));
-    for (path, bytes) in EMBEDDED_TINY_FILES {
-        let file = staging.join(path);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| failed("creating", parent, e))?;
-        }
-        std::fs::write(&file, bytes).map_err(|e| failed("writing", &file, e))?;
-    }
-    if folder.exists() {
-        // Another process may have finished the same folder meanwhile; otherwise it is stale.
-        if holds_embedded_tiny(&folder) {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Ok(folder);
-        }
-        std::fs::remove_dir_all(&folder).map_err(|e| failed("removing stale", &folder, e))?;
-    }
-    match std::fs::rename(&staging, &folder) {
-        Ok(()) => Ok(folder),
-        // Lost a race with another worker renaming its identical copy into place.
-        Err(_) if holds_embedded_tiny(&folder) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            Ok(folder)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            Err(failed("renaming into", &folder, e))
-        }
-    }
-}
+mod embedded_model;
+mod validate;
 
 /// Why a `[c2pa]` section is refused by a build without the `c2pa` cargo feature.
 pub const NO_C2PA_SUPPORT: &str =
@@ -286,6 +158,17 @@ pub struct EngineConfig {
     pub precision: Precision,
     /// Weights variant file suffix (`fp16` reads `*.fp16.safetensors`); empty: none.
     pub variant: String,
+    /// Images one denoising loop may hold, gathered across jobs that share its shape (size,
+    /// steps, scheduler, strength, eta). 1: one job at a time. A GPU needs batches to be busy
+    /// (8 is a good start); `concurrency.in_flight` must be at least this for batches to fill.
+    pub max_batch: usize,
+    /// How long the first job of a batch waits for company, in milliseconds. 0: a batch takes
+    /// only the jobs already waiting.
+    pub batch_wait_ms: u64,
+    /// Device memory a batch may use beyond the weights, in MiB, by the engine's estimate. 0: no
+    /// limit of its own; on CUDA a batch is also held to 90 % of the memory free after loading.
+    /// A batch that still runs out of memory is split and retried, not failed.
+    pub batch_memory_mib: u64,
 }
 
 impl Default for EngineConfig {
@@ -297,11 +180,25 @@ impl Default for EngineConfig {
             device: DeviceSpec::Auto,
             precision: Precision::F32,
             variant: String::new(),
+            max_batch: 1,
+            batch_wait_ms: 0,
+            batch_memory_mib: 0,
         }
     }
 }
 
 impl EngineConfig {
+    /// How the inference thread batches, from `max_batch`, `batch_wait_ms` and
+    /// `batch_memory_mib` (the free-memory probe and metrics are added by [`crate::parts`]).
+    pub fn batching(&self) -> crate::batching::BatchConfig {
+        crate::batching::BatchConfig {
+            max_batch: self.max_batch,
+            wait: Duration::from_millis(self.batch_wait_ms),
+            memory_budget: (self.batch_memory_mib > 0).then_some(self.batch_memory_mib << 20),
+            ..crate::batching::BatchConfig::default()
+        }
+    }
+
     /// Whether this names the tiny random-weight test model.
     pub fn is_embedded_tiny(&self) -> bool {
         self.model.trim() == EMBEDDED_TINY
@@ -540,171 +437,6 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks values that serde cannot: ranges, non-empty lists, the chain policy. Returns the
-    /// first problem, naming its key.
-    pub fn validate(&self) -> Result<(), SettingsError> {
-        self.topology.validate()?;
-        if self.allow.read_buckets.is_empty() {
-            return Err(invalid(
-                "allow.read_buckets",
-                "must name at least one bucket jobs may read from",
-            ));
-        }
-        if self.allow.write_buckets.is_empty() {
-            return Err(invalid(
-                "allow.write_buckets",
-                "must name at least one bucket outputs may be written to",
-            ));
-        }
-        for (key, list) in [
-            ("allow.read_buckets", &self.allow.read_buckets),
-            ("allow.write_buckets", &self.allow.write_buckets),
-        ] {
-            if let Some(bad) = list
-                .iter()
-                .find(|b| inpaint_storage::ObjectRef::new(b.as_str(), "k").is_err())
-            {
-                return Err(invalid(key, format!("{bad:?} is not a valid bucket name")));
-            }
-        }
-        if self.limits.max_object_bytes == 0 {
-            return Err(invalid("limits.max_object_bytes", "must be above 0"));
-        }
-        if self.limits.max_decoded_pixels == 0 {
-            return Err(invalid("limits.max_decoded_pixels", "must be above 0"));
-        }
-        if self.limits.job_timeout_secs == 0 {
-            return Err(invalid("limits.job_timeout_secs", "must be above 0"));
-        }
-        let side = self.limits.max_output_side;
-        if !(64..=2048).contains(&side) || !side.is_multiple_of(8) {
-            return Err(invalid(
-                "limits.max_output_side",
-                format!("must be a multiple of 8 from 64 to 2048, got {side}"),
-            ));
-        }
-        if self.engine.backend == EngineBackend::Tch && self.engine.model.trim().is_empty() {
-            return Err(invalid(
-                "engine.model",
-                "must be set: a stable-diffusion-inpainting diffusers folder, or `embedded-tiny` \
-                 for the random-weight test model (demos and tests only: it paints noise)",
-            ));
-        }
-        if self.concurrency.prefetch == 0 {
-            return Err(invalid("concurrency.prefetch", "must be at least 1"));
-        }
-        if self.concurrency.in_flight == 0 {
-            return Err(invalid("concurrency.in_flight", "must be at least 1"));
-        }
-        if self.concurrency.in_flight > usize::from(self.concurrency.prefetch) {
-            return Err(invalid(
-                "concurrency.in_flight",
-                format!(
-                    "must not exceed concurrency.prefetch ({}), got {}",
-                    self.concurrency.prefetch, self.concurrency.in_flight
-                ),
-            ));
-        }
-        if self.retry.max_attempts == 0 {
-            return Err(invalid("retry.max_attempts", "must be at least 1"));
-        }
-        if self.retry.max_outage_attempts == 0 {
-            return Err(invalid("retry.max_outage_attempts", "must be at least 1"));
-        }
-        if self.retry.base_delay_ms == 0 {
-            return Err(invalid("retry.base_delay_ms", "must be above 0"));
-        }
-        if self.retry.max_delay_ms < self.retry.base_delay_ms {
-            return Err(invalid(
-                "retry.max_delay_ms",
-                format!(
-                    "must be at least retry.base_delay_ms ({}), got {}",
-                    self.retry.base_delay_ms, self.retry.max_delay_ms
-                ),
-            ));
-        }
-        if !self.http.bind.is_empty() && self.http.bind.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "http.bind",
-                format!(
-                    "{:?} is not an address such as 127.0.0.1:9090",
-                    self.http.bind
-                ),
-            ));
-        }
-        inpaint_stages::check_required(&self.chain.stages, self.chain.allow_unsafe_chain)
-            .map_err(|e| invalid("chain.stages", e.to_string()))?;
-        if let Some(c2pa) = &self.c2pa {
-            self.validate_c2pa(c2pa)?;
-        }
-        Ok(())
-    }
-
-    #[cfg(not(feature = "c2pa"))]
-    fn validate_c2pa(&self, _: &C2paSettings) -> Result<(), SettingsError> {
-        Err(invalid("c2pa", NO_C2PA_SUPPORT))
-    }
-
-    /// What can be checked without reading files; the credentials themselves are checked by
-    /// [`crate::images::Signer::build`], which signs a test image with them.
-    #[cfg(feature = "c2pa")]
-    fn validate_c2pa(&self, c2pa: &C2paSettings) -> Result<(), SettingsError> {
-        for (key, path, what) in [
-            (
-                "c2pa.cert_chain",
-                &c2pa.cert_chain,
-                "the PEM file with the signing certificate, then its intermediates",
-            ),
-            (
-                "c2pa.private_key",
-                &c2pa.private_key,
-                "the PEM file with the signing key (PKCS#8)",
-            ),
-        ] {
-            if path.as_os_str().is_empty() {
-                return Err(invalid(key, format!("must name {what}")));
-            }
-            // Key material pasted into the configuration would end up in config maps, process
-            // environments and logs of the settings; only a path to a protected file is taken.
-            if path.to_string_lossy().contains("-----BEGIN") {
-                return Err(invalid(
-                    key,
-                    format!("must be a path to {what}, not PEM text"),
-                ));
-            }
-        }
-        if c2pa.tsa_url.is_some() {
-            return Err(invalid(
-                "c2pa.tsa_url",
-                "must stay unset: signing is offline and this build has no HTTP client to reach \
-                 a time-stamp authority",
-            ));
-        }
-        if c2pa.training_mining_constraint.is_some()
-            && c2pa.training_mining != inpaint_provenance::TrainingMiningUse::Constrained
-        {
-            return Err(invalid(
-                "c2pa.training_mining_constraint",
-                "is only written with training_mining = \"constrained\"",
-            ));
-        }
-        // The manifest's digital source type and software agent come from the provenance
-        // stage's record: without the stage every job would fail at signing.
-        if !self
-            .chain
-            .stages
-            .iter()
-            .any(|stage| stage.kind_name() == "provenance")
-        {
-            return Err(invalid(
-                "c2pa",
-                "signing needs a `provenance` stage in chain.stages (the manifest describes \
-                 its record)",
-            ));
-        }
-        Ok(())
-    }
-
     /// The warnings to log at warn on every start: one per required stage the chain lacks
     /// because `chain.allow_unsafe_chain` is set.
     pub fn chain_warnings(&self) -> Vec<String> {
@@ -773,12 +505,47 @@ mod tests {
             ("topology.jobs_queue", |s| s.topology.jobs_queue.clear()),
             ("engine.model", |s| s.engine.model.clear()),
             ("engine.model", |s| s.engine.model = "  ".into()),
+            ("engine.max_batch", |s| s.engine.max_batch = 0),
+            ("engine.max_batch", |s| s.engine.max_batch = 65),
+            ("engine.batch_wait_ms", |s| s.engine.batch_wait_ms = 10_001),
+            ("concurrency.in_flight", |s| s.engine.max_batch = 3),
         ];
         for (key, mutate) in cases {
             let mut s = valid();
             mutate(&mut s);
             assert_eq!(key_of(&s), key);
         }
+    }
+
+    #[test]
+    fn batching_needs_enough_jobs_in_flight_to_fill_a_batch() {
+        for max_batch in 1..=12 {
+            for in_flight in 1..=12 {
+                let mut s = valid();
+                s.engine.max_batch = max_batch;
+                s.concurrency.in_flight = in_flight;
+                s.concurrency.prefetch = 12;
+                let fills = max_batch == 1 || in_flight >= max_batch;
+                match s.validate() {
+                    Ok(()) => assert!(fills, "max_batch {max_batch}, in_flight {in_flight}"),
+                    Err(SettingsError::Invalid { key, message }) => {
+                        assert!(!fills, "max_batch {max_batch}, in_flight {in_flight}");
+                        assert_eq!(key, "concurrency.in_flight");
+                        assert!(message.contains("engine.max_batch"), "{message}");
+                    }
+                    Err(other) => panic!("{other}"),
+                }
+                let batching = s.engine.batching();
+                assert_eq!(batching.max_batch, max_batch);
+                assert_eq!(batching.memory_budget, None);
+            }
+        }
+        let mut s = valid();
+        s.engine.batch_memory_mib = 3;
+        s.engine.batch_wait_ms = 25;
+        let batching = s.engine.batching();
+        assert_eq!(batching.memory_budget, Some(3 << 20));
+        assert_eq!(batching.wait, Duration::from_millis(25));
     }
 
     #[test]
@@ -1003,80 +770,5 @@ mod tests {
         pass.engine.model.clear();
         pass.engine.backend = EngineBackend::PassThrough;
         pass.validate().expect("pass-through needs no model");
-    }
-
-    /// Every file of the fixture folder is embedded with its bytes, and nothing else is: a file
-    /// added to (or removed from) the tiny model breaks this test, not a container at run time.
-    #[test]
-    fn the_embedded_tiny_files_are_exactly_the_fixture_folder() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/parity/fixtures/models/tiny-sd-a");
-        let mut on_disk = Vec::new();
-        let mut pending = vec![root.clone()];
-        while let Some(dir) = pending.pop() {
-            for entry in std::fs::read_dir(&dir).expect("fixture folder") {
-                let path = entry.expect("entry").path();
-                if path.is_dir() {
-                    pending.push(path);
-                } else {
-                    let relative = path.strip_prefix(&root).expect("inside");
-                    on_disk.push((
-                        relative.to_string_lossy().replace('\\', "/"),
-                        std::fs::read(&path).expect("read"),
-                    ));
-                }
-            }
-        }
-        on_disk.sort();
-        let mut embedded: Vec<(String, Vec<u8>)> = EMBEDDED_TINY_FILES
-            .iter()
-            .map(|(p, b)| ((*p).to_owned(), b.to_vec()))
-            .collect();
-        embedded.sort();
-        let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&embedded), names(&on_disk));
-        assert!(
-            embedded == on_disk,
-            "an embedded file's bytes differ from the fixture's"
-        );
-    }
-
-    #[test]
-    fn embedded_tiny_is_written_once_reused_and_repaired() {
-        let base = tempfile::tempdir().expect("tempdir");
-        let folder = materialise_embedded_tiny(base.path()).expect("written");
-        assert!(folder.starts_with(base.path()));
-        assert!(holds_embedded_tiny(&folder));
-        // Reused as is.
-        let marker = folder.join("marker");
-        std::fs::write(&marker, b"x").expect("marker");
-        assert_eq!(
-            materialise_embedded_tiny(base.path()).expect("again"),
-            folder
-        );
-        assert!(marker.exists(), "an intact folder is reused, not rewritten");
-        // Every damaged file is noticed and the folder replaced.
-        for (path, _) in EMBEDDED_TINY_FILES {
-            std::fs::write(folder.join(path), b"truncated").expect("damage");
-            assert!(!holds_embedded_tiny(&folder), "{path}");
-            assert_eq!(
-                materialise_embedded_tiny(base.path()).expect("repaired"),
-                folder
-            );
-            assert!(holds_embedded_tiny(&folder), "{path} repaired");
-        }
-        // No staging folders are left behind.
-        let left: Vec<_> = std::fs::read_dir(base.path())
-            .expect("base")
-            .map(|e| e.expect("entry").file_name())
-            .collect();
-        assert_eq!(left.len(), 1, "{left:?}");
-        // An unwritable base is an error naming the key, not a panic.
-        let file = base.path().join("not-a-folder");
-        std::fs::write(&file, b"").expect("file");
-        match materialise_embedded_tiny(&file) {
-            Err(SettingsError::Invalid { key, .. }) => assert_eq!(key, "engine.model"),
-            other => panic!("expected an error, got {other:?}"),
-        }
     }
 }
