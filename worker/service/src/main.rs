@@ -28,6 +28,9 @@ enum Command {
     Watermark(cli::watermark::Args),
     /// One round trip through RabbitMQ, S3 and libtorch, to check a deployment.
     Smoke(cli::smoke::Args),
+    /// Measure this machine: load, text encoder, UNet step per batch size, VAE, images/s,
+    /// memory; a backlog through the batching inference thread; or a device-vs-CPU comparison.
+    Bench(Box<inpaint_worker::bench::BenchArgs>),
 }
 
 #[tokio::main]
@@ -39,5 +42,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Inpaint(args) => cli::inpaint::run(&args).await,
         Command::Watermark(args) => cli::watermark::run(args),
         Command::Smoke(args) => cli::smoke::run(args).await,
+        Command::Bench(args) => cli::bench::run(*args).await,
     }
 }

@@ -3,6 +3,7 @@
 //! [`inpaint_worker::submit`], [`inpaint_worker::inpaint_cli`], ...), so tests reach it without
 //! the command line.
 
+pub mod bench;
 pub mod inpaint;
 pub mod run;
 pub mod schema;
