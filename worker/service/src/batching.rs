@@ -281,12 +281,11 @@ impl Batcher {
         }
     }
 
-    /// Checks a new request: answered at once when already stopped or refused by the engine.
+    /// Checks a new request: answered at once when the engine refuses it. Whether it was
+    /// stopped is asked once, when its batch starts ([`Batcher::run`]): a deadline is read from
+    /// the job's clock at each check, and one check before the first step is what the flow
+    /// counts on.
     fn admit(&self, work: Work) -> Option<Queued> {
-        if work.stopped() {
-            let _ = work.reply.send(Err(InferenceError::Cancelled));
-            return None;
-        }
         let shape = catch_unwind(AssertUnwindSafe(|| self.engine.shape(&work.request)))
             .unwrap_or_else(|panic| Err(panic_failure(&panic)));
         match shape {

@@ -338,12 +338,12 @@ async fn a_job_that_breaks_the_batch_fails_alone() {
 async fn a_job_cancelled_while_queued_or_running_stops_alone() {
     let bench = bench(batching(8), usize::MAX, None).await;
     let queued = CancellationToken::new();
-    // Stopped by its deadline check after a few steps (asked at admission, before the batch
-    // starts, then after every step): the others run every step.
+    // Stopped by its deadline check after two steps (asked when the batch starts, then after
+    // every step): the others run every step.
     let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = Arc::clone(&asked);
     let deadline: StopWhen =
-        Arc::new(move || counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 3);
+        Arc::new(move || counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 2);
     let watched = request("watched", 16, 1);
     let (progress_a, mut steps_a) = mpsc::channel(64);
     let gate = bench.hold();
@@ -379,7 +379,7 @@ async fn a_job_cancelled_while_queued_or_running_stops_alone() {
     assert_eq!(bench.batches(), vec![vec!["a", "watched"]]);
     assert_eq!(
         asked.load(std::sync::atomic::Ordering::SeqCst),
-        4,
+        3,
         "stopped after step 2"
     );
 }
@@ -430,9 +430,36 @@ async fn the_first_job_waits_for_company_until_the_batch_is_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_wait_the_first_job_runs_with_what_is_already_queued() {
+async fn without_a_wait_the_first_job_runs_without_company() {
+    // With max_batch 2 and no wait, the first job runs alone although its batch has room: it
+    // reaches the engine while nothing else is queued (a waiting batcher would hold it there).
+    let config = BatchConfig {
+        max_batch: 2,
+        ..BatchConfig::default()
+    };
+    let bench = bench(config, usize::MAX, None).await;
+    let first = bench
+        .thread
+        .queue(
+            request("first", 16, 1),
+            CancellationToken::new(),
+            None,
+            None,
+        )
+        .expect("first");
+    first.wait().await.expect("first");
+    let second = bench
+        .thread
+        .queue(
+            request("second", 16, 1),
+            CancellationToken::new(),
+            None,
+            None,
+        )
+        .expect("second");
+    second.wait().await.expect("second");
     assert_eq!(
-        first_and_second(Duration::ZERO).await,
+        bench.batches.lock().expect("lock").clone(),
         vec![vec!["first"], vec!["second"]]
     );
 }
