@@ -19,6 +19,9 @@ use inpaint_worker::settings::{EngineBackend, RetryConfig};
 
 mod common;
 use common::*;
+#[path = "common/process.rs"]
+mod process;
+use process::spawn_worker;
 
 /// The dev key (ops/dev/services.sh): the private Garage creates it as its default key.
 const ACCESS_KEY: &str = inpaint_e2e::DEV_ACCESS_KEY_ID;
@@ -213,53 +216,6 @@ async fn a_job_waits_out_a_stopped_garage_and_completes() {
         .wait_for_count(&world.settings.topology.dead_letter_queue, 0)
         .await;
     drop(garage);
-}
-
-/// The `inpaint-worker` binary: `INPAINT_WORKER_BIN`, else the workspace's debug build
-/// (ops/dev/test.sh builds it before the tests).
-fn worker_bin() -> PathBuf {
-    if let Ok(bin) = std::env::var("INPAINT_WORKER_BIN") {
-        return bin.into();
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let bin = target.join("debug/inpaint-worker");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it with `cargo build -p inpaint-worker` (ops/dev/test.sh does)",
-        bin.display()
-    );
-    bin
-}
-
-/// A worker process, killed when dropped, so that a failing test leaves none behind.
-struct WorkerProcess(Child);
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A worker process on `settings`, written to a TOML file in `dir`.
-fn spawn_worker(
-    settings: &inpaint_worker::Settings,
-    dir: &std::path::Path,
-    name: &str,
-) -> WorkerProcess {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml::to_string(settings).expect("settings as TOML")).expect("config");
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
-    Command::new(worker_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map(WorkerProcess)
-        .expect("inpaint-worker starts")
 }
 
 #[tokio::test]
