@@ -25,6 +25,18 @@ fn synchronize(device: Device) {
     }
 }
 
+/// How long `work` takes on `device`, from an idle device until its queued work is done.
+fn timed<T>(
+    device: Device,
+    work: impl FnOnce() -> Result<T, EngineError>,
+) -> Result<Duration, EngineError> {
+    synchronize(device);
+    let started = Instant::now();
+    drop(work()?);
+    synchronize(device);
+    Ok(started.elapsed())
+}
+
 impl InpaintPipeline {
     /// SD-1.5-inpainting's architecture (the built-in configs of
     /// [`crate::single_file::builtin_sd15_inpainting`]) with random weights: full-size compute
@@ -59,11 +71,7 @@ impl InpaintPipeline {
     /// Encodes `prompt` once (one sequence), timed.
     pub fn time_text_encoder(&self, prompt: &str) -> Result<Duration, EngineError> {
         let _guard = tch::no_grad_guard();
-        let started = Instant::now();
-        let (encoded, _) = self.encode_text(prompt, 1)?;
-        drop(encoded);
-        synchronize(self.device);
-        Ok(started.elapsed())
+        timed(self.device, || self.encode_text(prompt, 1))
     }
 
     /// One UNet evaluation for `images` images at `width`x`height` with guidance (two rows per
@@ -95,12 +103,9 @@ impl InpaintPipeline {
             ],
             (self.kind, self.device),
         )?;
-        synchronize(self.device);
-        let started = Instant::now();
-        let out = self.unet.forward(&sample, 500.0, &context);
-        drop(out);
-        synchronize(self.device);
-        Ok(started.elapsed())
+        timed(self.device, || {
+            Ok(self.unet.forward(&sample, 500.0, &context))
+        })
     }
 
     /// VAE encoding of one `width`x`height` image, timed.
@@ -110,12 +115,7 @@ impl InpaintPipeline {
             [1, 3, i64::from(height), i64::from(width)],
             (Kind::Float, self.device),
         )?;
-        synchronize(self.device);
-        let started = Instant::now();
-        let dist = self.vae_encode(&pixels)?;
-        drop(dist);
-        synchronize(self.device);
-        Ok(started.elapsed())
+        timed(self.device, || self.vae_encode(&pixels))
     }
 
     /// VAE decoding of `images` latents to `width`x`height`, timed.
@@ -136,12 +136,7 @@ impl InpaintPipeline {
             ],
             (Kind::Float, self.device),
         )?;
-        synchronize(self.device);
-        let started = Instant::now();
-        let pixels = self.vae_decode(&latents)?;
-        drop(pixels);
-        synchronize(self.device);
-        Ok(started.elapsed())
+        timed(self.device, || self.vae_decode(&latents))
     }
 
     /// The device the pipeline runs on.
