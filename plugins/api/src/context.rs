@@ -8,6 +8,9 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use inpaint_job::InpaintParams;
+use serde_json::Value;
+
 use crate::report::{Finding, ProvenanceFinding, SafetyFinding, WatermarkFinding};
 
 /// The part of a job that stages look at and may change before inference.
@@ -22,10 +25,12 @@ pub struct JobContext {
     pub prompt: String,
     /// The negative prompt, if any (stages may append to it or force one).
     pub negative_prompt: Option<String>,
-    /// Engine parameters (steps, guidance, size, scheduler, ...) as a JSON object. Kept as JSON
-    /// rather than a struct so that this crate does not mirror the job schema: stages that need
-    /// a parameter read it by name and treat a missing one as "unknown".
-    pub params: serde_json::Value,
+    /// The job's engine parameters (steps, guidance, size, scheduler, ...), the job contract's
+    /// own type: the same value the engine runs with, never a copy in another shape. Stages
+    /// that send or write them as JSON use [`JobContext::params_json`], so every stage shows
+    /// them in the one form.
+    #[serde(default)]
+    pub params: InpaintParams,
     /// Free-form job metadata (from the job message and added by stages); sorted, so audit
     /// output and provenance are deterministic.
     pub metadata: BTreeMap<String, String>,
@@ -67,13 +72,23 @@ impl fmt::Debug for JobContext {
 }
 
 impl JobContext {
-    /// A context with the given id and prompt and everything else empty.
+    /// A context with the given id and prompt, the default parameters and everything else empty.
     pub fn new(job_id: Uuid, prompt: impl Into<String>) -> Self {
         Self {
             job_id,
             prompt: prompt.into(),
             ..Self::default()
         }
+    }
+
+    /// The parameters as the JSON object that leaves the worker (the external stages' wire
+    /// protocol, the provenance `parameters` field): the job contract's serde form with its
+    /// keys sorted, absent optional fields left out. `Null` only if the parameters cannot be
+    /// written as JSON, which their types rule out.
+    pub fn params_json(&self) -> Value {
+        // Through `Value`, whose map sorts keys (serde_json without `preserve_order`): the form
+        // these texts have always had, independent of the struct's field order.
+        serde_json::to_value(&self.params).unwrap_or(Value::Null)
     }
 }
 
@@ -216,10 +231,31 @@ mod tests {
     #[test]
     fn context_round_trips_through_json() {
         let mut ctx = JobContext::new(Uuid::nil(), "a lighthouse at dusk");
-        ctx.params = serde_json::json!({"steps": 30});
+        ctx.params.num_inference_steps = 30;
+        ctx.params.seed = Some(7);
         let json = serde_json::to_string(&ctx).expect("serialize");
         let back: JobContext = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, ctx);
+    }
+
+    #[test]
+    fn params_json_is_the_contract_form_with_sorted_keys() {
+        let mut ctx = JobContext::new(Uuid::nil(), "a lighthouse at dusk");
+        ctx.params.num_inference_steps = 30;
+        ctx.params.width = Some(512);
+        let json = ctx.params_json();
+        assert_eq!(json["num_inference_steps"], 30);
+        assert_eq!(json["width"], 512);
+        // Absent optional fields stay absent, as in the job message.
+        assert!(json.get("seed").is_none() && json.get("height").is_none());
+        let text = json.to_string();
+        let keys: Vec<&String> = json.as_object().expect("object").keys().collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "{text}");
+        // What a job message with this text as `params` parses to.
+        let back: InpaintParams = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, ctx.params);
     }
 
     #[test]

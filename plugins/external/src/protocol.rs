@@ -103,7 +103,8 @@ struct WireJob<'a> {
     job_id: Uuid,
     prompt: &'a str,
     negative_prompt: Option<&'a str>,
-    params: &'a Value,
+    /// [`JobContext::params_json`]: the job contract's form, keys sorted.
+    params: Value,
     metadata: &'a BTreeMap<String, String>,
     text_only: bool,
     reports: &'a [StageReport],
@@ -115,7 +116,7 @@ impl<'a> WireJob<'a> {
             job_id: ctx.job_id,
             prompt: &ctx.prompt,
             negative_prompt: ctx.negative_prompt.as_deref(),
-            params: &ctx.params,
+            params: ctx.params_json(),
             metadata: &ctx.metadata,
             text_only: ctx.text_only,
             reports: &ctx.reports,
@@ -620,7 +621,7 @@ mod tests {
     fn ctx() -> JobContext {
         let mut ctx = JobContext::new(Uuid::nil(), PROMPT);
         ctx.negative_prompt = Some("blurry".into());
-        ctx.params = json!({"steps": 20});
+        ctx.params.num_inference_steps = 20;
         ctx.metadata.insert("tenant".into(), "t1".into());
         ctx
     }
@@ -652,7 +653,7 @@ mod tests {
         assert_eq!(request["hook"], "before-inference");
         assert_eq!(request["job"]["prompt"], PROMPT);
         assert_eq!(request["job"]["negative_prompt"], "blurry");
-        assert_eq!(request["job"]["params"]["steps"], 20);
+        assert_eq!(request["job"]["params"]["num_inference_steps"], 20);
         assert_eq!(request["job"]["metadata"]["tenant"], "t1");
         assert_eq!(request["job"]["text_only"], false);
         assert_eq!(
@@ -690,6 +691,50 @@ mod tests {
         assert!(request.get("input_image").is_none());
         let b64 = request["image"]["png_base64"].as_str().expect("b64");
         assert_eq!(decode_png(b64, "x", Some((4, 3))).expect("png"), out.image);
+    }
+
+    /// The exact bytes of a request, parameters included: external programs parse this text,
+    /// so a change of the parameters' type or of the serializer must not change it.
+    #[test]
+    fn the_wire_form_of_a_request_is_pinned() {
+        // As a producer writes them in a job message (any key order), every field set.
+        let params = r#"{"seeds": [7, 8], "num_images": 2, "scheduler": "euler_ancestral",
+            "num_inference_steps": 20, "guidance_scale": 5.5, "strength": 0.75, "eta": 0.0,
+            "width": 512, "height": 768, "preserve_unmasked": false, "mask_grow_px": 4,
+            "mask_feather_px": 2, "crop_to_mask": {"padding_px": 16}}"#;
+        let mut ctx = JobContext::new(Uuid::from_u128(0x1234), "a red bicycle");
+        ctx.params = serde_json::from_str(params).expect("params");
+        ctx.negative_prompt = Some("blurry".into());
+        ctx.metadata.insert("tenant".into(), "t1".into());
+        ctx.text_only = true;
+        ctx.reports.push(StageReport {
+            stage: "prompt-policy".into(),
+            scores: BTreeMap::from([("hits".into(), 0.0)]),
+        });
+        let call = before_inference("words", 9, &ctx, true).expect("request");
+        let expected = concat!(
+            r#"{"protocol":"inpaint-stage.v1","id":9,"stage":"words","hook":"before-inference","#,
+            r#""job":{"job_id":"00000000-0000-0000-0000-000000001234","prompt":"a red bicycle","#,
+            r#""negative_prompt":"blurry","params":{"crop_to_mask":{"padding_px":16},"eta":0.0,"#,
+            r#""guidance_scale":5.5,"height":768,"mask_feather_px":2,"mask_grow_px":4,"#,
+            r#""num_images":2,"num_inference_steps":20,"preserve_unmasked":false,"#,
+            r#""scheduler":"euler_ancestral","seeds":[7,8],"strength":0.75,"width":512},"#,
+            r#""metadata":{"tenant":"t1"},"text_only":true,"#,
+            r#""reports":[{"stage":"prompt-policy","scores":{"hits":0.0}}]}}"#,
+        );
+        assert_eq!(String::from_utf8_lossy(&call.body), expected);
+        // The default parameters: absent optional fields stay absent.
+        let defaults = JobContext::new(Uuid::nil(), "x");
+        let call = before_inference("words", 1, &defaults, false).expect("request");
+        let request: Value = serde_json::from_slice(&call.body).expect("json");
+        assert_eq!(
+            request["job"]["params"].to_string(),
+            concat!(
+                r#"{"eta":0.0,"guidance_scale":7.5,"mask_feather_px":0,"mask_grow_px":0,"#,
+                r#""num_images":1,"num_inference_steps":50,"preserve_unmasked":true,"#,
+                r#""scheduler":"pndm","strength":1.0}"#
+            )
+        );
     }
 
     #[test]

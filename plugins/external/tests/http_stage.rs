@@ -173,7 +173,7 @@ fn requests_carry_the_context_the_image_and_the_input_on_request() {
     assert_eq!(before["hook"], "before-inference");
     assert_eq!(before["job"]["prompt"], "a lighthouse on a cliff");
     assert_eq!(before["job"]["negative_prompt"], "lowres");
-    assert_eq!(before["job"]["params"]["steps"], 25);
+    assert_eq!(before["job"]["params"]["num_inference_steps"], 25);
     assert_eq!(before["job"]["metadata"]["tenant"], "studio-a");
     assert_eq!(before["job"]["text_only"], false);
     assert_eq!(

@@ -151,8 +151,9 @@ impl ProvenanceStage {
         if let Some(sha) = &self.weights_sha256 {
             entries.push(("weights_sha256", sha.clone()));
         }
-        if self.include_parameters && !ctx.params.is_null() {
-            entries.push(("parameters", ctx.params.to_string()));
+        let params = ctx.params_json();
+        if self.include_parameters && !params.is_null() {
+            entries.push(("parameters", params.to_string()));
         }
         if self.include_prompt {
             entries.push(("prompt", ctx.prompt.clone()));
@@ -231,7 +232,8 @@ mod tests {
     fn context(text_only: bool) -> JobContext {
         let mut ctx = JobContext::new(Uuid::from_u128(42), "a secret prompt");
         ctx.negative_prompt = Some("a secret negative".into());
-        ctx.params = serde_json::json!({"steps": 30, "guidance_scale": 7.5});
+        ctx.params.num_inference_steps = 30;
+        ctx.params.guidance_scale = 7.5;
         ctx.text_only = text_only;
         ctx
     }
@@ -277,9 +279,14 @@ mod tests {
             Some(Uuid::from_u128(42).to_string().as_str())
         );
         assert_eq!(value("seed"), Some("1234"));
-        let params: serde_json::Value =
-            serde_json::from_str(value("parameters").expect("parameters")).expect("JSON");
-        assert_eq!(params["steps"], 30);
+        // The job contract's JSON form, keys sorted, absent options left out: pinned, since
+        // readers of the provenance field parse this text.
+        assert_eq!(
+            value("parameters"),
+            Some(
+                r#"{"eta":0.0,"guidance_scale":7.5,"mask_feather_px":0,"mask_grow_px":0,"num_images":1,"num_inference_steps":30,"preserve_unmasked":true,"scheduler":"pndm","strength":1.0}"#
+            )
+        );
         assert_eq!(value("prompt"), None);
         assert_eq!(value("negative_prompt"), None);
         assert_eq!(value("model_id"), None);

@@ -373,7 +373,7 @@ impl JobFlow {
             job_id: *job.job_id.as_uuid(),
             prompt: job.prompt.clone(),
             negative_prompt: job.negative_prompt.clone(),
-            params: serde_json::to_value(&job.params).unwrap_or_default(),
+            params: job.params.clone(),
             metadata: job.metadata.clone(),
             text_only: job.is_text_only(),
             reports: Vec::new(),

@@ -125,7 +125,8 @@ impl State {
 pub fn ctx(prompt: &str) -> JobContext {
     let mut ctx = JobContext::new(Uuid::from_u128(0x1234), prompt);
     ctx.negative_prompt = Some("lowres".into());
-    ctx.params = serde_json::json!({"steps": 25, "guidance_scale": 7.5});
+    ctx.params.num_inference_steps = 25;
+    ctx.params.guidance_scale = 7.5;
     ctx.metadata.insert("tenant".into(), "studio-a".into());
     ctx
 }
