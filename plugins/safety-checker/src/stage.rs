@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use image::RgbImage;
-use inpaint_engine::{DeviceSpec, Precision};
+use inpaint_engine::{DeviceSpec, PrecisionSpec};
 use inpaint_plugin_api::{
     Block, Change, Finding, JobContext, Modification, OutputImage, SafetyFinding, Stage,
     StageError, Verdict,
@@ -35,7 +35,7 @@ pub enum NsfwAction {
 /// type = "safety-checker"
 /// model = "/models/stable-diffusion-inpainting"  # holds safety_checker/ and feature_extractor/
 /// device = "auto"        # auto | cpu | cuda | cuda:N
-/// precision = "f32"      # f32 | f16 | bf16
+/// precision = "auto"     # auto (f16 on CUDA, f32 on the CPU) | f32 | f16 | bf16
 /// action = "block"       # block | black_out | blur
 /// adjustment = 0.0       # added to every score: > 0 stricter, < 0 looser
 /// ```
@@ -47,9 +47,9 @@ pub struct SafetyCheckerConfig {
     pub model: PathBuf,
     /// Where the checker runs.
     pub device: DeviceSpec,
-    /// Floating-point format of the checker's weights and activations (the published weights
-    /// are fp16; f32 is the reference, f16 the usual GPU choice).
-    pub precision: Precision,
+    /// Floating-point format of the checker's weights and activations: `auto` (f16 on CUDA, as
+    /// the published weights are; f32 on the CPU, the reference), or `f32`, `f16`, `bf16`.
+    pub precision: PrecisionSpec,
     /// What to do with a flagged output image.
     pub action: NsfwAction,
     /// Operator adjustment added to every score before the `> 0` test (diffusers: 0.0). Positive
@@ -70,7 +70,7 @@ impl Default for SafetyCheckerConfig {
         Self {
             model: PathBuf::new(),
             device: DeviceSpec::Auto,
-            precision: Precision::F32,
+            precision: PrecisionSpec::Auto,
             action: NsfwAction::Block,
             adjustment: 0.0,
             blur_sigma: None,
@@ -98,7 +98,7 @@ impl SafetyCheckerConfig {
             &self.model.join("safety_checker"),
             &self.model.join("feature_extractor"),
             device,
-            self.precision.kind(),
+            self.precision.resolve(device).kind(),
         )?
         .with_adjustment(self.adjustment);
         Ok(
@@ -372,6 +372,7 @@ impl Stage for SafetyCheckerStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use inpaint_engine::Precision;
 
     #[test]
     fn config_is_strict_serde_data() {
@@ -381,7 +382,8 @@ mod tests {
         .expect("json");
         assert_eq!(config.action, NsfwAction::BlackOut);
         assert_eq!(config.device, DeviceSpec::Cpu);
-        assert_eq!(config.precision, Precision::F32);
+        assert_eq!(config.precision, PrecisionSpec::Auto);
+        assert_eq!(config.precision.resolve(tch::Device::Cpu), Precision::F32);
         assert!(serde_json::from_str::<SafetyCheckerConfig>(r#"{"modle": "/m"}"#).is_err());
         assert!(serde_json::from_str::<SafetyCheckerConfig>(r#"{"action": "hide"}"#).is_err());
         assert_eq!(

@@ -10,7 +10,7 @@ pub enum EngineError {
     #[error("device cuda:{index} requested but {available} CUDA device(s) are available")]
     CudaUnavailable { index: usize, available: usize },
     /// A precision that is not `f32`, `f16` or `bf16`.
-    #[error("invalid precision {0:?}: expected f32, f16 or bf16")]
+    #[error("invalid precision {0:?}: expected auto, f32, f16 or bf16")]
     InvalidPrecision(String),
     /// Input that the engine cannot work with (wrong shape, empty image, ...).
     #[error("invalid input: {0}")]

@@ -30,5 +30,7 @@ pub mod single_file;
 pub mod tokenizer;
 pub mod weights;
 
-pub use device::{CudaBackend, DeviceSpec, Precision, PrecisionSpec, cuda_backend};
+pub use device::{
+    CudaBackend, DeviceSpec, Precision, PrecisionSpec, configure_backend, cuda_backend,
+};
 pub use error::EngineError;

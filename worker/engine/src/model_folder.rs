@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind};
 
+use crate::device::PrecisionSpec;
+
 use crate::EngineError;
 use crate::config::{ClipTextConfig, UNetConfig, VaeConfig, read_json};
 use crate::models::clip::ClipTextModel;
@@ -23,9 +25,16 @@ use crate::weights::WeightStore;
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub device: Device,
+    /// Element kind of the text encoder and the UNet.
     pub kind: Kind,
+    /// Element kind of the VAE. diffusers' SD-1.5 inpainting pipeline runs the VAE in the
+    /// pipeline's dtype; f32 here is the "upcast" choice (slower on a GPU, no f16 overflow).
+    pub vae_kind: Kind,
     /// Weights variant: None reads `*.safetensors`, `Some("fp16")` reads `*.fp16.safetensors`.
     pub variant: Option<String>,
+    /// Convolution kernels of the UNet and the VAE in channels-last layout (see
+    /// [`WeightStore::with_channels_last`]).
+    pub channels_last: bool,
 }
 
 impl Default for LoadOptions {
@@ -33,7 +42,32 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             kind: Kind::Float,
+            vae_kind: Kind::Float,
             variant: None,
+            channels_last: false,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Options for `device` with the precisions resolved there: `precision` for the text encoder
+    /// and UNet, `vae_precision` for the VAE, where `auto` means the same as the pipeline (what
+    /// diffusers does); no variant, dense layout.
+    pub fn resolved(
+        device: Device,
+        precision: PrecisionSpec,
+        vae_precision: PrecisionSpec,
+    ) -> Self {
+        let pipeline = precision.resolve(device);
+        let vae = match vae_precision {
+            PrecisionSpec::Auto => pipeline,
+            PrecisionSpec::Fixed(fixed) => fixed,
+        };
+        Self {
+            device,
+            kind: pipeline.kind(),
+            vae_kind: vae.kind(),
+            ..Self::default()
         }
     }
 }
@@ -80,18 +114,20 @@ pub fn load_unet(
     let dir = component_dir(folder, "unet")?;
     let config: UNetConfig = read_json(&dir.join("config.json"))?;
     let path = weights_path(&dir, "diffusion_pytorch_model", options.variant.as_deref())?;
-    let store = WeightStore::open(&path, options.kind, options.device)?;
+    let store = WeightStore::open(&path, options.kind, options.device)?
+        .with_channels_last(options.channels_last);
     let unet = UNet2DConditionModel::load(&store.root(), &config)?;
     store.finish(&[])?;
     Ok(unet)
 }
 
-/// Loads `vae/` with names and shapes checked.
+/// Loads `vae/` with names and shapes checked, in `options.vae_kind`.
 pub fn load_vae(folder: &Path, options: &LoadOptions) -> Result<AutoencoderKL, EngineError> {
     let dir = component_dir(folder, "vae")?;
     let config: VaeConfig = read_json(&dir.join("config.json"))?;
     let path = weights_path(&dir, "diffusion_pytorch_model", options.variant.as_deref())?;
-    let store = WeightStore::open(&path, options.kind, options.device)?;
+    let store = WeightStore::open(&path, options.vae_kind, options.device)?
+        .with_channels_last(options.channels_last);
     let vae = AutoencoderKL::load(&store.root(), &config)?;
     store.finish(&[])?;
     Ok(vae)
@@ -120,8 +156,8 @@ pub fn load_pipeline(path: &Path, options: &LoadOptions) -> Result<InpaintPipeli
     load_folder_pipeline(path, options)
 }
 
-/// Loads a diffusers folder: text encoder, tokenizer, UNet, VAE (always f32, diffusers'
-/// `force_upcast` for SD-1.5's VAE) and scheduler config.
+/// Loads a diffusers folder: text encoder, tokenizer, UNet, VAE (in `options.vae_kind`) and
+/// scheduler config.
 pub fn load_folder_pipeline(
     folder: &Path,
     options: &LoadOptions,
@@ -143,13 +179,7 @@ pub fn load_folder_pipeline(
         text_encoder.config().max_position_embeddings,
     )?;
     let unet = load_unet(folder, options)?;
-    let vae = load_vae(
-        folder,
-        &LoadOptions {
-            kind: Kind::Float,
-            ..options.clone()
-        },
-    )?;
+    let vae = load_vae(folder, options)?;
     let scheduler_config: SchedulerConfig =
         read_json(&folder.join("scheduler/scheduler_config.json"))?;
     InpaintPipeline::from_parts(
@@ -172,4 +202,40 @@ pub fn load_tokenizer(dir: &Path, max_positions: i64) -> Result<ClipTokenizer, E
         usize::try_from(max_positions).ok(),
     )
     .map_err(|e| EngineError::Model(e.to_string()))
+}
+
+#[cfg(test)]
+mod load_options_tests {
+    use super::*;
+    use crate::device::Precision;
+
+    #[test]
+    fn resolved_follows_the_device_and_the_vae_follows_the_pipeline_unless_fixed() {
+        let specs = [
+            PrecisionSpec::Auto,
+            PrecisionSpec::Fixed(Precision::F32),
+            PrecisionSpec::Fixed(Precision::F16),
+            PrecisionSpec::Fixed(Precision::Bf16),
+        ];
+        for device in [Device::Cpu, Device::Cuda(0)] {
+            for precision in specs {
+                for vae in specs {
+                    let o = LoadOptions::resolved(device, precision, vae);
+                    let pipeline = precision.resolve(device).kind();
+                    assert_eq!(o.device, device);
+                    assert_eq!(o.kind, pipeline, "{precision} on {device:?}");
+                    let expected_vae = match vae {
+                        PrecisionSpec::Auto => pipeline,
+                        PrecisionSpec::Fixed(p) => p.kind(),
+                    };
+                    assert_eq!(o.vae_kind, expected_vae, "{precision}/{vae} on {device:?}");
+                    assert!(!o.channels_last && o.variant.is_none());
+                }
+            }
+        }
+        let auto = LoadOptions::resolved(Device::Cuda(0), PrecisionSpec::Auto, PrecisionSpec::Auto);
+        assert_eq!((auto.kind, auto.vae_kind), (Kind::Half, Kind::Half));
+        let cpu = LoadOptions::resolved(Device::Cpu, PrecisionSpec::Auto, PrecisionSpec::Auto);
+        assert_eq!((cpu.kind, cpu.vae_kind), (Kind::Float, Kind::Float));
+    }
 }

@@ -94,9 +94,9 @@ pub struct InpaintPipeline {
     scheduler_config: SchedulerConfig,
     device: Device,
     kind: Kind,
-    /// The VAE's element kind (the `vae_precision` option: f32 by default, which SD-1.5's VAE
-    /// needs at large sizes; f16 halves its memory and time on a GPU). Latents and pixels stay
-    /// f32 outside the VAE.
+    /// The VAE's element kind (the `vae_precision` option: by default the pipeline's, as in
+    /// diffusers; f32 is the upcast choice, safe from f16 overflow at a cost in memory and time
+    /// on a GPU). Latents and pixels stay f32 outside the VAE.
     vae_kind: Kind,
 }
 
@@ -119,7 +119,7 @@ impl InpaintPipeline {
 
     /// Assembles a pipeline from components loaded elsewhere (a single-file checkpoint: see
     /// [`crate::single_file`]), with the checks of [`InpaintPipeline::load`]. `source` is what
-    /// [`InpaintPipeline::folder`] reports; the VAE should be f32 as `load` makes it.
+    /// [`InpaintPipeline::folder`] reports; the VAE in `options.vae_kind` as `load` makes it.
     pub fn from_parts(
         source: PathBuf,
         tokenizer: ClipTokenizer,
@@ -157,6 +157,21 @@ impl InpaintPipeline {
             kind: options.kind,
             vae_kind,
         })
+    }
+
+    /// The element formats it runs in, for reports: `f16`, or `f16, VAE f32` when they differ.
+    pub fn precision_summary(&self) -> String {
+        let name = |kind: Kind| match kind {
+            Kind::Half => "f16".to_owned(),
+            Kind::BFloat16 => "bf16".to_owned(),
+            Kind::Float => "f32".to_owned(),
+            other => format!("{other:?}"),
+        };
+        if self.kind == self.vae_kind {
+            name(self.kind)
+        } else {
+            format!("{}, VAE {}", name(self.kind), name(self.vae_kind))
+        }
     }
 
     /// The folder the model came from.

@@ -71,7 +71,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::EngineError;
 use crate::config::{ClipTextConfig, UNetConfig, VaeConfig, read_json};
@@ -573,7 +573,7 @@ pub struct LoadedModels {
 }
 
 /// Builds the three models from `converted`: UNet and text encoder in `options.kind`, the VAE
-/// in f32. Fails with every problem of every model (and every unknown key) in one error.
+/// in `options.vae_kind`. Fails with every problem of every model (and every unknown key) in one error.
 pub fn load_models(
     checkpoint: &Path,
     converted: Converted,
@@ -600,12 +600,14 @@ pub fn load_models(
         ));
     }
 
-    let store = WeightStore::from_tensors(source("unet"), unet, options.kind, options.device);
+    let store = WeightStore::from_tensors(source("unet"), unet, options.kind, options.device)
+        .with_channels_last(options.channels_last);
     let unet = UNet2DConditionModel::load(&store.root(), &configs.unet)?;
     let unet_map = KeyMap::unet(&configs.unet);
     finish_into(store, &[], Some(&unet_map), UNET_PREFIX, &mut problems);
 
-    let store = WeightStore::from_tensors(source("vae"), vae, Kind::Float, options.device);
+    let store = WeightStore::from_tensors(source("vae"), vae, options.vae_kind, options.device)
+        .with_channels_last(options.channels_last);
     let vae = AutoencoderKL::load(&store.root(), &configs.vae)?;
     let vae_map = KeyMap::vae(&configs.vae);
     finish_into(store, &[], Some(&vae_map), VAE_PREFIX, &mut problems);

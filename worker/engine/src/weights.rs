@@ -20,6 +20,28 @@ use tch::{Device, Kind, Tensor};
 
 use crate::EngineError;
 
+/// The same values as `tensor` (an NCHW tensor) in the channels-last (NHWC) memory layout, with
+/// the logical shape unchanged. tch has no `memory_format` argument; a permute to NHWC, a
+/// contiguous copy and the permute back give exactly the strides libtorch's
+/// `MemoryFormat::ChannelsLast` uses, which its convolutions recognise.
+pub fn to_channels_last(tensor: &Tensor) -> Tensor {
+    tensor
+        .permute([0, 2, 3, 1])
+        .contiguous()
+        .permute([0, 3, 1, 2])
+}
+
+/// Whether `tensor` (4-D) is laid out channels-last: channel stride 1, then width, height, batch.
+pub fn is_channels_last(tensor: &Tensor) -> bool {
+    let size = tensor.size();
+    let stride = tensor.stride();
+    size.len() == 4
+        && stride[1] == 1
+        && stride[3] == size[1]
+        && stride[2] == size[1] * size[3]
+        && stride[0] == size[1] * size[2] * size[3]
+}
+
 /// Tensors read from one or more safetensors files, converted to one kind on one device.
 #[derive(Debug)]
 pub struct WeightStore {
@@ -34,6 +56,9 @@ pub struct WeightStore {
     /// A store without a file that answers every name with random numbers of the asked shape:
     /// full-size architectures for benchmarks, with nothing to download.
     random: bool,
+    /// Give 4-D tensors (convolution kernels) the channels-last memory layout: see
+    /// [`WeightStore::with_channels_last`].
+    channels_last: bool,
 }
 
 impl WeightStore {
@@ -50,6 +75,7 @@ impl WeightStore {
             kind,
             device,
             random: true,
+            channels_last: false,
         }
     }
 
@@ -103,6 +129,7 @@ impl WeightStore {
             kind,
             device,
             random: false,
+            channels_last: false,
         })
     }
 
@@ -142,7 +169,17 @@ impl WeightStore {
             kind,
             device,
             random: false,
+            channels_last: false,
         }
+    }
+
+    /// Gives every 4-D tensor (convolution kernels) the channels-last memory layout. On CUDA,
+    /// cuDNN then runs the convolutions in NHWC, which tensor cores prefer; values are
+    /// unchanged, only their order in memory (results may differ in the last bits, because
+    /// another convolution algorithm runs).
+    pub fn with_channels_last(mut self, on: bool) -> Self {
+        self.channels_last = on;
+        self
     }
 
     /// The root scope: names are looked up as given.
@@ -294,10 +331,19 @@ impl<'a> Weights<'a> {
         self.store.random || self.store.tensors.contains_key(&self.full_name(name))
     }
 
-    /// The tensor `name` of exactly `shape`, converted to the store's kind and device. A missing
+    /// The tensor `name` of exactly `shape`, converted to the store's kind, device and layout. A missing
     /// or mis-shaped tensor is recorded and a zero placeholder returned, so loading goes on to
     /// find every other problem; [`WeightStore::finish`] then fails.
     pub fn get(&self, name: &str, shape: &[i64]) -> Tensor {
+        let tensor = self.get_dense(name, shape);
+        if self.store.channels_last && tensor.dim() == 4 {
+            to_channels_last(&tensor)
+        } else {
+            tensor
+        }
+    }
+
+    fn get_dense(&self, name: &str, shape: &[i64]) -> Tensor {
         let full = self.full_name(name);
         if self.store.random {
             return (Tensor::randn(shape, (Kind::Float, self.store.device)) * 0.02)
@@ -345,6 +391,59 @@ mod tests {
             Kind::Float,
             Device::Cpu,
         )
+    }
+
+    #[test]
+    fn channels_last_changes_the_layout_of_4d_tensors_only_never_the_values() {
+        // Shapes generated over batch, channels and spatial sizes, incl. 1x1 kernels and one
+        // channel (where both layouts coincide in memory).
+        for (o, i, h, w) in [
+            (1, 1, 1, 1),
+            (4, 3, 3, 3),
+            (8, 1, 3, 3),
+            (2, 16, 1, 1),
+            (3, 5, 2, 7),
+        ] {
+            let kernel = Tensor::randn([o, i, h, w], (Kind::Float, Device::Cpu));
+            let bias = Tensor::randn([o], (Kind::Float, Device::Cpu));
+            let linear = Tensor::randn([o, i], (Kind::Float, Device::Cpu));
+            for on in [false, true] {
+                let s = store(vec![
+                    ("conv.weight", kernel.copy()),
+                    ("conv.bias", bias.copy()),
+                    ("proj.weight", linear.copy()),
+                ])
+                .with_channels_last(on);
+                let root = s.root();
+                let got = root.get("conv.weight", &[o, i, h, w]);
+                assert!(got.equal(&kernel), "values of {o}x{i}x{h}x{w}");
+                assert_eq!(got.size(), kernel.size());
+                // A tensor with more than one channel and pixel has exactly one layout.
+                if i > 1 && h * w > 1 {
+                    assert_eq!(is_channels_last(&got), on, "{o}x{i}x{h}x{w} layout");
+                    assert_eq!(got.is_contiguous(), !on);
+                }
+                let b = root.get("conv.bias", &[o]);
+                assert!(b.equal(&bias) && b.is_contiguous());
+                let l = root.get("proj.weight", &[o, i]);
+                assert!(l.equal(&linear) && l.is_contiguous());
+                s.finish(&[]).expect("all used");
+            }
+        }
+        // A convolution gives the same numbers from either layout of its kernel.
+        let x = Tensor::randn([1, 4, 8, 8], (Kind::Float, Device::Cpu));
+        let k = Tensor::randn([6, 4, 3, 3], (Kind::Float, Device::Cpu));
+        let dense = x.conv2d(&k, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+        let nhwc = x.conv2d(
+            &to_channels_last(&k),
+            None::<Tensor>,
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+        );
+        let diff = f64::try_from((dense - nhwc).abs().max()).expect("scalar");
+        assert!(diff < 1e-4, "conv differs by {diff}");
     }
 
     #[test]

@@ -320,3 +320,60 @@ fn fp16_variant_files_load_and_give_nearly_the_same_image() {
     // Only the weights' rounding to half precision differs; the images must stay close.
     assert!(mean < 1.0, "mean difference {mean}");
 }
+
+/// The load options `engine.channels_last` and `engine.vae_precision` map to, on the tiny
+/// model: every scheduler's image with channels-last kernels against the dense ones (the same
+/// values in another memory order: only the convolution algorithm may differ), and a bf16 VAE
+/// against the f32 one (only the VAE's rounding differs).
+#[test]
+fn channels_last_and_vae_precision_keep_the_images() {
+    let dense = pipeline();
+    let nhwc = InpaintPipeline::load(
+        &model_dir(),
+        &LoadOptions {
+            channels_last: true,
+            ..LoadOptions::default()
+        },
+    )
+    .expect("load channels-last");
+    let bf16_vae = InpaintPipeline::load(
+        &model_dir(),
+        &LoadOptions {
+            vae_kind: Kind::BFloat16,
+            ..LoadOptions::default()
+        },
+    )
+    .expect("load with a bf16 VAE");
+    assert_eq!(bf16_vae.precision_summary(), "f32, VAE bf16");
+    assert_eq!(nhwc.precision_summary(), "f32");
+    let compare = |a: &RgbImage, b: &RgbImage| {
+        let diffs: Vec<u8> = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .collect();
+        let max = diffs.iter().copied().max().unwrap_or(0);
+        let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
+        (max, mean)
+    };
+    for scheduler in SchedulerKind::ALL {
+        let mut s = spec(Some(picture(32, 32)), Some(rect_mask(32, 32, 8, 8, 24, 24)));
+        s.scheduler = scheduler;
+        let reference = go(&dense, &s).expect("dense").images.remove(0);
+        let (max, mean) = compare(&reference, &go(&nhwc, &s).expect("nhwc").images.remove(0));
+        println!("{scheduler}: channels-last vs dense: max {max}, mean {mean:.4}");
+        // Values are identical; summation order inside a convolution may differ by float
+        // rounding, which stays far below one level in 8-bit pixels.
+        assert!(
+            max <= 1 && mean < 0.05,
+            "{scheduler}: channels-last max {max}, mean {mean}"
+        );
+        let (max, mean) = compare(
+            &reference,
+            &go(&bf16_vae, &s).expect("bf16").images.remove(0),
+        );
+        println!("{scheduler}: bf16 VAE vs f32: max {max}, mean {mean:.3}");
+        assert!(mean < 0.5, "{scheduler}: bf16 VAE mean difference {mean}");
+    }
+}

@@ -15,7 +15,7 @@ use inpaint_engine::job::{JobItem, JobSpec};
 use inpaint_engine::model_folder::LoadOptions;
 use inpaint_engine::pipeline::{InpaintPipeline, StepControl};
 use inpaint_engine::schedulers::SchedulerKind;
-use inpaint_engine::{DeviceSpec, Precision, cuda_backend};
+use inpaint_engine::{DeviceSpec, PrecisionSpec, cuda_backend};
 use inpaint_job::{JobId, ModelInfo};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -40,9 +40,17 @@ pub struct BenchArgs {
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// `f32`, `f16` or `bf16` for the UNet and text encoder.
-    #[arg(long, default_value = "f32")]
-    pub precision: Precision,
+    /// `auto` (f16 on CUDA, f32 on the CPU), `f32`, `f16` or `bf16` for the UNet and text
+    /// encoder, as `engine.precision`.
+    #[arg(long, default_value = "auto")]
+    pub precision: PrecisionSpec,
+    /// The VAE's, as `engine.vae_precision`: `auto` (the same as `--precision`), `f32`, `f16`,
+    /// `bf16`.
+    #[arg(long, default_value = "auto")]
+    pub vae_precision: PrecisionSpec,
+    /// Convolution kernels in channels-last layout, as `engine.channels_last`.
+    #[arg(long)]
+    pub channels_last: bool,
     /// Output width and height in pixels (0: the model's native size).
     #[arg(long, default_value_t = 0)]
     pub size: u32,
@@ -157,10 +165,12 @@ fn best(
 
 impl BenchArgs {
     fn options(&self) -> Result<LoadOptions, BenchError> {
+        let device = self.device.resolve()?;
+        // cuDNN benchmark mode on CUDA, as the worker runs (a no-op on the CPU).
+        inpaint_engine::configure_backend(device);
         Ok(LoadOptions {
-            device: self.device.resolve()?,
-            kind: self.precision.kind(),
-            variant: None,
+            channels_last: self.channels_last,
+            ..LoadOptions::resolved(device, self.precision, self.vae_precision)
         })
     }
 
@@ -172,8 +182,7 @@ impl BenchArgs {
             FULL_SIZE_RANDOM => {
                 // Any CLIP tokenizer folder serves a random model; the embedded one is at hand.
                 let tokenizer = embedded_tiny_folder()?.join("tokenizer");
-                // The VAE in f32, as the worker runs it.
-                InpaintPipeline::random_sd15_inpainting(&tokenizer, &options, Precision::F32)?
+                InpaintPipeline::random_sd15_inpainting(&tokenizer, &options)?
             }
             EMBEDDED_TINY => InpaintPipeline::load(&embedded_tiny_folder()?, &options)?,
             path => InpaintPipeline::load(&PathBuf::from(path), &options)?,
@@ -268,6 +277,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         });
     }
     let device = pipeline.device();
+    let precision = pipeline.precision_summary();
     drop(pipeline);
     let mut backlog = Vec::new();
     if args.backlog > 0 {
@@ -282,7 +292,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     Ok(BenchReport {
         model: args.model.clone(),
         device: format!("{device:?}"),
-        precision: format!("{:?}", args.precision).to_ascii_lowercase(),
+        precision,
         cuda_backend: cuda_backend().cudart_version.is_some(),
         width: side,
         height: side,

@@ -227,10 +227,24 @@ impl TchEngine {
             .resolve()
             .map_err(|e| InferenceError::Failed(e.to_string()))?;
         let options = LoadOptions {
-            device,
-            kind: config.precision.kind(),
             variant: (!config.variant.is_empty()).then(|| config.variant.clone()),
+            channels_last: config.channels_last,
+            ..LoadOptions::resolved(device, config.precision, config.vae_precision)
         };
+        let backend = if config.cudnn_benchmark {
+            inpaint_engine::configure_backend(device)
+        } else {
+            Vec::new()
+        };
+        tracing::info!(
+            device = ?device,
+            precision = %config.precision,
+            kind = ?options.kind,
+            vae_kind = ?options.vae_kind,
+            channels_last = options.channels_last,
+            backend = %backend.join(","),
+            "engine settings"
+        );
         let pipeline = InpaintPipeline::load(&folder, &options)
             .map_err(|e| InferenceError::Failed(e.to_string()))?;
         let id = if !config.model_id.is_empty() {

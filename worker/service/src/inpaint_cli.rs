@@ -76,9 +76,12 @@ pub struct InpaintArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// f32, f16 or bf16 (UNet and text encoder; the VAE stays f32).
-    #[arg(long, default_value = "f32")]
+    /// auto (f16 on CUDA, f32 on the CPU), f32, f16 or bf16: the UNet's and text encoder's.
+    #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// The VAE's: auto (the same as --dtype, as diffusers runs it), f32 (upcast), f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub vae_dtype: String,
     /// Write the raw model output: no preserve-unmasked composite.
     #[arg(long)]
     pub no_preserve_unmasked: bool,
@@ -294,6 +297,7 @@ pub fn settings_for(args: &InpaintArgs) -> anyhow::Result<Settings> {
     };
     engine.device = args.device;
     engine.precision = args.dtype.parse()?;
+    engine.vae_precision = args.vae_dtype.parse()?;
     engine.variant = args.variant.clone().unwrap_or_default();
     let stages = if args.raw {
         Vec::new()

@@ -86,6 +86,7 @@ fn base_args(dir: &Path) -> InpaintArgs {
         num_images: 2,
         device: DeviceSpec::Cpu,
         dtype: "f32".into(),
+        vae_dtype: "auto".into(),
         no_preserve_unmasked: false,
         mask_grow: 0,
         mask_feather: 0,

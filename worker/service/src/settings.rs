@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use inpaint_engine::{DeviceSpec, Precision};
+use inpaint_engine::{DeviceSpec, PrecisionSpec};
 use inpaint_queue::BrokerConfig;
 use inpaint_stages::StageConfig;
 use inpaint_storage::StorageConfig;
@@ -154,8 +154,20 @@ pub struct EngineConfig {
     pub model_id: String,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: DeviceSpec,
-    /// `f32`, `f16` or `bf16`.
-    pub precision: Precision,
+    /// `auto` (f16 on CUDA, f32 on the CPU), `f32`, `f16` or `bf16`: the text encoder's and
+    /// the UNet's format.
+    pub precision: PrecisionSpec,
+    /// The VAE's format: `auto` (the same as `precision`, as diffusers runs it), or `f32`
+    /// (the upcast choice: no f16 overflow, at about twice the VAE's memory and time on a GPU),
+    /// `f16`, `bf16`.
+    pub vae_precision: PrecisionSpec,
+    /// Convolution kernels in channels-last (NHWC) layout, which cuDNN's tensor-core kernels
+    /// prefer. Off by default: not yet measured on a GPU; on the CPU it only costs time.
+    pub channels_last: bool,
+    /// cuDNN benchmark mode on CUDA: times the convolution algorithms once per input shape and
+    /// keeps the fastest (the UNet's shapes repeat every step; the first job of each new size
+    /// pays the search). No effect on the CPU.
+    pub cudnn_benchmark: bool,
     /// Weights variant file suffix (`fp16` reads `*.fp16.safetensors`); empty: none.
     pub variant: String,
     /// Images one denoising loop may hold, gathered across jobs that share its shape (size,
@@ -178,7 +190,10 @@ impl Default for EngineConfig {
             model: String::new(),
             model_id: String::new(),
             device: DeviceSpec::Auto,
-            precision: Precision::F32,
+            precision: PrecisionSpec::Auto,
+            vae_precision: PrecisionSpec::Auto,
+            channels_last: false,
+            cudnn_benchmark: true,
             variant: String::new(),
             max_batch: 1,
             batch_wait_ms: 0,
@@ -555,6 +570,95 @@ mod tests {
         s.chain.allow_unsafe_chain = false;
         let message = s.validate().expect_err("refused").to_string();
         assert!(message.contains("safety-checker"), "{message}");
+    }
+
+    #[test]
+    fn engine_precision_keys_take_every_spelling_from_file_and_environment() {
+        use inpaint_engine::Precision;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("w.toml");
+        let base = "[allow]\nread_buckets = [\"in-a\"]\nwrite_buckets = [\"out-b\"]\n\
+                    [chain]\nallow_unsafe_chain = true\n";
+        let spellings = [
+            ("auto", PrecisionSpec::Auto),
+            ("f32", PrecisionSpec::Fixed(Precision::F32)),
+            ("fp32", PrecisionSpec::Fixed(Precision::F32)),
+            ("float32", PrecisionSpec::Fixed(Precision::F32)),
+            ("f16", PrecisionSpec::Fixed(Precision::F16)),
+            ("fp16", PrecisionSpec::Fixed(Precision::F16)),
+            ("float16", PrecisionSpec::Fixed(Precision::F16)),
+            ("bf16", PrecisionSpec::Fixed(Precision::Bf16)),
+            ("bfloat16", PrecisionSpec::Fixed(Precision::Bf16)),
+        ];
+        for key in ["precision", "vae_precision"] {
+            for (text, expected) in spellings {
+                for text in [text.to_owned(), text.to_ascii_uppercase()] {
+                    std::fs::write(
+                        &file,
+                        format!("{base}[engine]\nmodel = \"embedded-tiny\"\n{key} = \"{text}\"\n"),
+                    )
+                    .expect("write");
+                    let s = Settings::load_from(Some(&file), Some(config::Map::new()))
+                        .unwrap_or_else(|e| panic!("{key} = {text}: {e}"));
+                    let env = config::Map::from([
+                        (
+                            "INPAINT__ENGINE__MODEL".to_owned(),
+                            "embedded-tiny".to_owned(),
+                        ),
+                        (
+                            format!("INPAINT__ENGINE__{}", key.to_ascii_uppercase()),
+                            text.clone(),
+                        ),
+                    ]);
+                    std::fs::write(&file, base).expect("write");
+                    let e = Settings::load_from(Some(&file), Some(env))
+                        .unwrap_or_else(|e| panic!("env {key} = {text}: {e}"));
+                    for got in [&s.engine, &e.engine] {
+                        let value = if key == "precision" {
+                            got.precision
+                        } else {
+                            got.vae_precision
+                        };
+                        assert_eq!(value, expected, "{key} = {text}");
+                    }
+                }
+            }
+            for bad in ["half", "f64", "int8", "", "auto16"] {
+                std::fs::write(
+                    &file,
+                    format!("{base}[engine]\nmodel = \"embedded-tiny\"\n{key} = \"{bad}\"\n"),
+                )
+                .expect("write");
+                let err = Settings::load_from(Some(&file), Some(config::Map::new()))
+                    .expect_err(bad)
+                    .to_string();
+                assert!(
+                    err.contains(key) && err.contains("expected auto, f32, f16 or bf16"),
+                    "{key} = {bad:?}: {err}"
+                );
+            }
+        }
+        let defaults = EngineConfig::default();
+        assert_eq!(defaults.precision, PrecisionSpec::Auto);
+        assert_eq!(defaults.vae_precision, PrecisionSpec::Auto);
+        assert!(defaults.cudnn_benchmark && !defaults.channels_last);
+        let env = config::Map::from([
+            (
+                "INPAINT__ENGINE__MODEL".to_owned(),
+                "embedded-tiny".to_owned(),
+            ),
+            (
+                "INPAINT__ENGINE__CHANNELS_LAST".to_owned(),
+                "true".to_owned(),
+            ),
+            (
+                "INPAINT__ENGINE__CUDNN_BENCHMARK".to_owned(),
+                "false".to_owned(),
+            ),
+        ]);
+        std::fs::write(&file, base).expect("write");
+        let s = Settings::load_from(Some(&file), Some(env)).expect("booleans");
+        assert!(s.engine.channels_last && !s.engine.cudnn_benchmark);
     }
 
     #[test]

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
 use super::InpaintPipeline;
+use crate::EngineError;
 use crate::model_folder::{LoadOptions, load_tokenizer};
 use crate::models::clip::ClipTextModel;
 use crate::models::unet_2d::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
 use crate::single_file::ModelConfigs;
 use crate::weights::WeightStore;
-use crate::{EngineError, Precision};
 
 /// Waits for the device's queued work.
 fn synchronize(device: Device) {
@@ -41,19 +41,20 @@ impl InpaintPipeline {
     /// SD-1.5-inpainting's architecture (the built-in configs of
     /// [`crate::single_file::builtin_sd15_inpainting`]) with random weights: full-size compute
     /// and memory, noise for images. The UNet and text encoder are in `options.kind`, the VAE in
-    /// `vae`; `tokenizer` is any CLIP tokenizer folder (the tiny test model's serves: its ids
+    /// `options.vae_kind`, convolutions channels-last when `options.channels_last`; `tokenizer` is any CLIP tokenizer folder (the tiny test model's serves: its ids
     /// are below SD's vocabulary size).
     pub fn random_sd15_inpainting(
         tokenizer: &Path,
         options: &LoadOptions,
-        vae: Precision,
     ) -> Result<Self, EngineError> {
         let configs = ModelConfigs::sd15_inpainting()?;
         let source = PathBuf::from("random SD-1.5-inpainting");
         let tokenizer = load_tokenizer(tokenizer, configs.text_encoder.max_position_embeddings)?;
-        let store = WeightStore::random(source.clone(), options.kind, options.device);
+        let store = WeightStore::random(source.clone(), options.kind, options.device)
+            .with_channels_last(options.channels_last);
         let unet = UNet2DConditionModel::load(&store.root(), &configs.unet)?;
-        let store = WeightStore::random(source.clone(), vae.kind(), options.device);
+        let store = WeightStore::random(source.clone(), options.vae_kind, options.device)
+            .with_channels_last(options.channels_last);
         let vae = AutoencoderKL::load(&store.root(), &configs.vae)?;
         let store = WeightStore::random(source.clone(), options.kind, options.device);
         let text_encoder = ClipTextModel::load(&store.root(), &configs.text_encoder)?;

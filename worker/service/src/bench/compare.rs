@@ -53,7 +53,7 @@ pub fn compare_cpu(args: &BenchArgs) -> Result<Comparison, BenchError> {
     let worst_mean = schedulers.iter().map(|s| s.1).fold(0.0, f64::max);
     Ok(Comparison {
         device: format!("{device:?}"),
-        precision: format!("{:?}", args.precision).to_ascii_lowercase(),
+        precision: candidate.precision_summary(),
         schedulers,
         worst_mean,
         tolerance: args.tolerance,
