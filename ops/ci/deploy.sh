@@ -40,6 +40,7 @@ trap teardown EXIT
 # 1. Docker ---------------------------------------------------------------------------------------
 if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null || ! command -v debootstrap >/dev/null; then
   log "installing docker.io docker-compose debootstrap from Debian"
+  apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose debootstrap >&2
 fi
 if ! docker info >/dev/null 2>&1; then

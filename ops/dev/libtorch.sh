@@ -37,7 +37,7 @@ fi
 have=$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
 if [ "$have" != "$TORCH_VERSION" ]; then
   log "installing torch==$TORCH_VERSION from PyPI into .venv (about 4.7 GB with its CUDA dependencies)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+  .venv/bin/python -m pip install --quiet --no-cache-dir --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 torch_dir=$(.venv/bin/python -c 'import pathlib, torch; print(pathlib.Path(torch.__file__).parent)')
 link_to "$torch_dir"
