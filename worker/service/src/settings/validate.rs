@@ -193,7 +193,7 @@ impl Settings {
             .chain
             .stages
             .iter()
-            .any(|stage| stage.kind_name() == "provenance")
+            .any(|stage| stage.kind() == inpaint_plugin_api::report::StageKind::Provenance)
         {
             return Err(invalid(
                 "c2pa",
