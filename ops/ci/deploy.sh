@@ -13,7 +13,16 @@
 #      rendered, validated offline and checked against the worker's configuration and a live worker;
 #   7. a graceful SIGTERM drain of one worker; teardown (also on failure). Times per step printed.
 # Idempotent: reuses built images and the cargo cache; removes the stack it brings up.
+#
+#   ops/ci/deploy.sh            everything above
+#   ops/ci/deploy.sh prefetch   only step 1 and the images that need no worker binary (base image,
+#                               the worker image's libtorch stage, RabbitMQ, Garage, producers):
+#                               downloads and unpacking, little CPU. .ci/run starts this in the
+#                               background while the test suite builds, so the full run later
+#                               finds Docker's layer cache warm.
 set -euo pipefail
+mode=${1:-all}
+case $mode in all|prefetch) ;; *) echo "usage: $0 [prefetch]" >&2; exit 2 ;; esac
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-inpaint-ci}
@@ -54,6 +63,13 @@ ops/dev/libtorch.sh >&2
 ops/dev/services.sh install >&2           # the garage binary the Garage image is built from
 .venv/bin/python -c 'import yaml, kubernetes_validate' 2>/dev/null || .venv/bin/pip install -q pyyaml kubernetes-validate >&2
 step "docker, libtorch, garage, python tools"
+if [ "$mode" = prefetch ]; then
+  BUILD_ONLY_LIBTORCH=1 ops/container/build.sh
+  ops/compose/build-images.sh
+  step "prefetch: base image, libtorch stage, rabbitmq, garage and producer images"
+  log "prefetch done"
+  exit 0
+fi
 
 # 2. The release binary, copied outside the checkout -------------------------------------------------
 # INPAINT_WORKER_BIN: a release binary built (with this rpath) beforehand; otherwise built here.

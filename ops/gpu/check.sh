@@ -12,9 +12,11 @@
 #   3. runs `bench --compare-cpu`: the tiny parity case on the GPU in f16 against the CPU in f32,
 #      failing above the stated tolerance (mean absolute difference, 0-255 levels);
 #   4. when `diffusers` is importable, times diffusers' pipeline on the same architecture, size,
-#      steps and batches in the same run and prints the ratio.
+#      steps and batches in the same run and prints the ratio;
+#   5. times the UNet step in CHECK_COMPARE_PRECISION with channels-last kernels
+#      (`engine.channels_last`) against the dense run of step 2, and says which to configure.
 # Everything is written to CHECK_OUT (default ./gpu-check): bench-<precision>.json,
-# compare.txt, diffusers.json, summary.txt.
+# compare.txt, diffusers.json, channels-last.json, summary.txt.
 #
 # libtorch comes from the host's PyTorch (`torch/lib`, found through PYTHON, default python3).
 # CPU dry run (what CI does, with the tiny model):
@@ -123,6 +125,27 @@ PY
   fi
 else
   say "diffusers is not importable here: no side-by-side ratio"
+fi
+# The channels-last default is chosen by this measurement: UNet step only (no end-to-end run).
+if [ -s "$out/bench-$compare_precision.json" ] && bounded 20 "$bin" bench --model "$model" \
+    --device "$device" --precision "$compare_precision" --size "$size" --steps 0 \
+    --batches "$batches" --repeats 2 --channels-last --json > "$out/channels-last.json"; then
+  "$PYTHON" - "$out/bench-$compare_precision.json" "$out/channels-last.json" <<'PY' | tee -a "$summary"
+import json, sys
+dense = {b["images"]: b["unet_step_ms"] for b in json.load(open(sys.argv[1]))["batches"]}
+nhwc = {b["images"]: b["unet_step_ms"] for b in json.load(open(sys.argv[2]))["batches"]}
+ratios = []
+for batch in sorted(dense):
+    if batch in nhwc and nhwc[batch]:
+        ratios.append(dense[batch] / nhwc[batch])
+        print(f"channels-last batch {batch:>2}: UNet step {nhwc[batch]:.1f} ms vs dense {dense[batch]:.1f} ms: "
+              f"{dense[batch] / nhwc[batch]:.2f}x")
+if ratios:
+    verdict = "true" if min(ratios) > 1.02 else "false"
+    print(f"channels-last: engine.channels_last = {verdict} on this host (faster at every batch: {verdict})")
+PY
+else
+  say "channels-last timing failed, timed out or had no dense run to compare with"
 fi
 say "check: $(( $(date +%s) - started )) s, $([ $status = 0 ] && echo passed || echo FAILED)"
 exit $status
