@@ -17,8 +17,6 @@ use inpaint_job::{
     ChainLimits, ErrorCode, InpaintJob, InpaintResult, JobId, JobStatus, WorkerInfo,
 };
 use inpaint_plugin_api::{Chain, JobContext, OutputImage, StageKind};
-use inpaint_stages::StageConfig;
-use inpaint_storage::ObjectRef;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -85,26 +83,6 @@ impl std::fmt::Debug for JobFlow {
             .field("chain", &self.chain)
             .field("worker", &self.worker)
             .finish_non_exhaustive()
-    }
-}
-
-/// The required stage kinds (safety checker, watermark) missing from `stages`, by name: what
-/// results report as `worker.missing_required_stages` when `allow_unsafe_chain` let the worker
-/// start.
-pub fn missing_required_stages(stages: &[StageConfig]) -> Vec<String> {
-    inpaint_stages::missing_required(stages)
-        .into_iter()
-        .map(|kind| kind.as_str().to_owned())
-        .collect()
-}
-
-/// What the configured chain needs of an output: the watermark refuses images under
-/// 256 × 256 pixels unless told to skip them.
-pub fn chain_limits(stages: &[StageConfig]) -> ChainLimits {
-    if stages.iter().any(StageConfig::refuses_small_images) {
-        ChainLimits::default_chain()
-    } else {
-        ChainLimits::default()
     }
 }
 
@@ -248,101 +226,6 @@ impl JobFlow {
         result.request_sha256 = Some(job.request_sha256());
         result.outputs = self.store(job, outputs, timings).await?;
         self.write_manifest(job, result, timings).await
-    }
-
-    /// Refusals that need no download: expiry, a cancel heard while queued, the allow-lists,
-    /// and sizes above this worker's maximum.
-    fn admit(&self, job: &InpaintJob) -> Result<(), JobFailure> {
-        if job.is_expired((self.clock)()) {
-            return Err(JobFailure::permanent(
-                ErrorCode::Expired,
-                "expires_at had passed when the job was picked up",
-            ));
-        }
-        self.not_cancelled(job)?;
-        let allow = &self.allow;
-        for (what, input) in [("image", &job.image), ("mask", &job.mask)] {
-            if let Some(object) = input
-                && !allowed(object, &allow.read_buckets, &allow.read_prefixes)
-            {
-                return Err(JobFailure::permanent(
-                    ErrorCode::BucketNotAllowed,
-                    format!("{what} {object}: this worker may not read there"),
-                ));
-            }
-        }
-        let refused = |e: inpaint_job::JobError| JobFailure::from(&e);
-        job.check_output_not_input().map_err(refused)?;
-        job.check_limits(&self.chain_limits).map_err(refused)?;
-        let first_output = job.output_key(0).map_err(|e| JobFailure::from(&e))?;
-        if !allowed(&first_output, &allow.write_buckets, &allow.write_prefixes) {
-            return Err(JobFailure::permanent(
-                ErrorCode::BucketNotAllowed,
-                format!(
-                    "output s3://{}/{}: this worker may not write there",
-                    first_output.bucket(),
-                    job.output.prefix
-                ),
-            ));
-        }
-        let max = self.limits.max_output_side;
-        for (field, side) in [("width", job.params.width), ("height", job.params.height)] {
-            if let Some(side) = side
-                && side > max
-            {
-                return Err(JobFailure::permanent(
-                    ErrorCode::InvalidParameter,
-                    format!("params.{field}: {side} is above this worker's maximum of {max}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// When a job picked up at `start` runs out of `limits.job_timeout_secs`.
-    fn budget_from(&self, start: DateTime<Utc>) -> DateTime<Utc> {
-        let secs = i64::try_from(self.limits.job_timeout_secs).unwrap_or(i64::MAX);
-        start
-            .checked_add_signed(chrono::Duration::seconds(secs))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC)
-    }
-
-    /// The documented `expired` status for a job whose `expires_at` passed `when`, else
-    /// `timeout` (status failed) once the job's time budget is spent.
-    fn in_time(
-        &self,
-        job: &InpaintJob,
-        budget: DateTime<Utc>,
-        when: &str,
-    ) -> Result<(), JobFailure> {
-        let now = (self.clock)();
-        if job.is_expired(now) {
-            return Err(JobFailure::permanent(
-                ErrorCode::Expired,
-                format!("expires_at passed {when}"),
-            ));
-        }
-        if now >= budget {
-            // Permanent: the same job would run as long on the next attempt.
-            return Err(JobFailure::permanent(
-                ErrorCode::Timeout,
-                format!(
-                    "the job ran past this worker's limits.job_timeout_secs ({} s) {when}",
-                    self.limits.job_timeout_secs
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn not_cancelled(&self, job: &InpaintJob) -> Result<(), JobFailure> {
-        if self.cancels.is_cancelled(job.job_id) {
-            return Err(JobFailure::permanent(
-                ErrorCode::Cancelled,
-                "cancelled while queued",
-            ));
-        }
-        Ok(())
     }
 
     /// One job at a time per in-flight slot; a job waiting for a slot can still be cancelled,
@@ -525,16 +408,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| JobFailure::internal(format!("{what} task: {e}")))?
 }
 
-fn allowed(object: &ObjectRef, buckets: &[String], prefixes: &[String]) -> bool {
-    buckets.iter().any(|b| b == object.bucket())
-        && (prefixes.is_empty()
-            || prefixes
-                .iter()
-                .any(|p| object.key().starts_with(p.as_str())))
-}
-
+#[path = "flow_admit.rs"]
+mod admit;
 #[path = "flow_io.rs"]
 mod io;
+#[cfg(test)]
+use admit::allowed;
+pub use admit::{chain_limits, missing_required_stages};
 pub use io::{LICENCE, MANIFEST_NAME, fallback_seed, manifest_ref, worker_info};
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::TimeZone;
-use inpaint_storage::{PutRequest, Storage, StorageConfig};
+use inpaint_stages::StageConfig;
+use inpaint_storage::{ObjectRef, PutRequest, Storage, StorageConfig};
 use sha2::{Digest, Sha256};
 
 use super::*;
