@@ -5,7 +5,7 @@
 //!
 //! A session's delivery tasks live in one [`TaskTracker`]: draining waits on it, and each task
 //! settles or releases its own delivery (after a panic, or when the grace period ends: see
-//! [`tasks`]), so the runner keeps no table of deliveries in flight.
+//! `delivery_tasks.rs`), so the runner keeps no table of deliveries in flight.
 
 use std::future::Future;
 use std::sync::Arc;
