@@ -850,6 +850,39 @@ mod tests {
     }
 
     #[test]
+    fn every_worker_toml_the_project_ships_loads() {
+        // Every configuration file under ops/ (example, image, compose, Kubernetes, ...), with
+        // the model given from the environment as their comments say.
+        let ops = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops");
+        let mut found = Vec::new();
+        let mut dirs = vec![ops];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("ops/ readable") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.file_name().is_some_and(|n| {
+                    n.to_string_lossy().ends_with(".toml")
+                        && n.to_string_lossy().starts_with("worker")
+                }) {
+                    found.push(path);
+                }
+            }
+        }
+        assert!(found.len() >= 4, "worker*.toml files under ops/: {found:?}");
+        for file in found {
+            let env = config::Map::from([(
+                "INPAINT__ENGINE__MODEL".to_owned(),
+                "embedded-tiny".to_owned(),
+            )]);
+            let s = Settings::load_from(Some(&file), Some(env))
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            s.validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
+    }
+
+    #[test]
     fn a_start_without_a_model_is_refused_and_embedded_tiny_must_be_named() {
         // The defaults (no [engine] section) name no model: refused, naming the key.
         let without = load_toml(
