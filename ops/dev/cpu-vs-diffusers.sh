@@ -14,8 +14,8 @@
 # diffusers side ops/dev/diffusers_parts.py; they run one after the other (never at once: they
 # would share the cores), each after one untimed warm-up per part, reporting the best of
 # --repeats. Both sides get OMP_NUM_THREADS=MKL_NUM_THREADS=--threads (libtorch sizes its
-# intra-op pool from it; diffusers also calls torch.set_num_threads). Full size on 2 busy cores:
-# about 5-10 minutes.
+# intra-op pool from it; diffusers also calls torch.set_num_threads). Full size on a quiet 2-core
+# machine: about 5 minutes with --repeats 1, 7 with the default 2 (longer when the cores are shared).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
