@@ -86,9 +86,28 @@ impl JobContext {
     /// keys sorted, absent optional fields left out. `Null` only if the parameters cannot be
     /// written as JSON, which their types rule out.
     pub fn params_json(&self) -> Value {
-        // Through `Value`, whose map sorts keys (serde_json without `preserve_order`): the form
-        // these texts have always had, independent of the struct's field order.
-        serde_json::to_value(&self.params).unwrap_or(Value::Null)
+        // Sorted explicitly: serde_json's map keeps insertion order whenever any crate in the
+        // build turns on its `preserve_order` feature (the c2pa build does), so relying on
+        // `Value`'s default map would make the text depend on what else is linked.
+        sort_keys(serde_json::to_value(&self.params).unwrap_or(Value::Null))
+    }
+}
+
+/// `value` with the keys of every object in it in sorted order, whatever map serde_json uses.
+fn sort_keys(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sort_keys(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sort_keys).collect()),
+        other => other,
     }
 }
 
