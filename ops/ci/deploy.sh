@@ -132,8 +132,11 @@ wait_healthy() { # count seconds
 compose up -d --no-build --scale worker=2 >&2
 wait_healthy 2 180
 step "compose up: rabbitmq, garage, 2 workers healthy"
-docker logs "$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" --filter label=com.docker.compose.service=worker | head -n1)" 2>&1 \
-  | grep -q "random-weight test model" || fail "a worker on embedded-tiny did not warn"
+# Logs to a file first: `docker logs | grep -q` under pipefail fails whenever grep stops reading
+# before docker logs has written everything (SIGPIPE), i.e. more often the longer the log.
+docker logs "$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" --filter label=com.docker.compose.service=worker | head -n1)" \
+  > "$work/worker-start.log" 2>&1
+grep -q "random-weight test model" "$work/worker-start.log" || { tail -n 20 "$work/worker-start.log" >&2; fail "a worker on embedded-tiny did not warn"; }
 # STEPS: denoising steps per job (the tiny model; 1 keeps CI short on a loaded 2-core machine).
 run_producer() { compose --profile producers run --rm -T -e "STEPS=${STEPS:-1}" -v "$work:/out" "$@"; }
 run_producer producer-python --prompt "a blue hot-air balloon over a hill" --out-dir /out >&2
