@@ -20,6 +20,7 @@ pub enum StorageError {
         limit: u64,
     },
     /// The backend refused or failed the request.
+    #[cfg(feature = "store")]
     #[error("storage request for {object} failed: {source}")]
     Backend {
         object: String,
@@ -37,6 +38,7 @@ impl StorageError {
             | Self::Config(_)
             | Self::NotFound { .. }
             | Self::TooLarge { .. } => false,
+            #[cfg(feature = "store")]
             Self::Backend { source, .. } => !matches!(
                 source,
                 object_store::Error::NotFound { .. }
@@ -51,7 +53,7 @@ impl StorageError {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "store"))]
 mod tests {
     use super::*;
 

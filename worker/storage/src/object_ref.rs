@@ -1,9 +1,10 @@
 //! [`ObjectRef`]: a validated `s3://bucket/key`, the only way a job names an object, and the
-//! one place a key becomes an `object_store` path ([`ObjectRef::location`]).
+//! one place a key becomes an `object_store` path (`ObjectRef::location`, feature `store`).
 
 use std::fmt;
 use std::str::FromStr;
 
+#[cfg(feature = "store")]
 use object_store::path::Path;
 
 use crate::StorageError;
@@ -55,6 +56,7 @@ impl ObjectRef {
     /// once, for the URL only. It refuses what [`ObjectRef::new`] already refused (empty, `.`
     /// and `..` segments, ASCII control characters), so the error below means the two rule sets
     /// drifted apart.
+    #[cfg(feature = "store")]
     pub fn location(&self) -> Result<Path, StorageError> {
         let location = Path::parse(&self.key).map_err(|e| StorageError::InvalidRef {
             reference: self.to_string(),
@@ -183,6 +185,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "store")]
     fn the_location_is_the_key_verbatim() {
         for key in [
             "my photo+é.png",
