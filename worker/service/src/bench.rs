@@ -16,14 +16,12 @@ use inpaint_engine::model_folder::LoadOptions;
 use inpaint_engine::pipeline::{InpaintPipeline, StepControl};
 use inpaint_engine::schedulers::SchedulerKind;
 use inpaint_engine::{DeviceSpec, PrecisionSpec, cuda_backend};
-use inpaint_job::{JobId, ModelInfo};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
-use crate::batching::{BatchConfig, InferenceThread};
-use crate::inference::{Inference, InferenceError, InferenceRequest, TchEngine};
-use crate::settings::{EMBEDDED_TINY, embedded_tiny_folder};
+use crate::inference::InferenceError;
+use crate::settings::{EMBEDDED_TINY, MAX_BATCH_WAIT_MS, embedded_tiny_folder};
 
+mod backlog;
 mod compare;
 pub use compare::{Comparison, compare_cpu};
 
@@ -60,7 +58,8 @@ pub struct BenchArgs {
     /// Denoising steps of each end-to-end run (0: skip the end-to-end figures).
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    /// Timed repetitions of each part (the best is reported; a first untimed run warms up).
+    /// Timed repetitions of each part (the best is reported; a first untimed run warms up), and
+    /// of each backlog run (interleaved across `--max-batch` values; the best is reported).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     /// Jobs in the backlog drained through the inference thread (0: no backlog run).
@@ -69,6 +68,9 @@ pub struct BenchArgs {
     /// `engine.max_batch` values the backlog is drained with, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub max_batch: Vec<usize>,
+    /// `engine.batch_wait_ms` of the backlog runs: how long a batch's first job waits for company.
+    #[arg(long, default_value_t = 0)]
+    pub batch_wait_ms: u64,
     /// Instead of timing: run the tiny parity case (`embedded-tiny`, a 64x64 job, 8 steps, one
     /// image per scheduler) on the CPU in f32 and on `--device` in `--precision`, print how far
     /// apart the images are, and fail when the mean absolute difference exceeds
@@ -97,17 +99,22 @@ pub struct BatchFigures {
     pub end_to_end_images_per_s: Option<f64>,
 }
 
-/// One backlog run.
+/// The backlog drained at one `max_batch`, `--repeats` times.
 #[derive(Clone, Debug, Serialize)]
 pub struct BacklogFigures {
     /// `engine.max_batch`.
     pub max_batch: usize,
-    /// Jobs drained.
+    /// Jobs drained per run.
     pub jobs: usize,
-    /// Wall time from the first job queued to the last answered, seconds.
+    /// Wall time of the best run, from the first job queued to the last answered, seconds.
     pub seconds: f64,
-    /// Jobs per second.
+    /// Jobs per second of the best run.
     pub jobs_per_s: f64,
+    /// Images of each batch the inference thread ran in the best run, in order.
+    pub batches: Vec<usize>,
+    /// Every run's wall time, seconds, in the order they ran (interleaved with the other
+    /// `max_batch` values' runs).
+    pub runs: Vec<f64>,
 }
 
 /// Everything `bench` measured.
@@ -245,6 +252,12 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             "--max-batch needs values of at least 1".into(),
         ));
     }
+    if args.batch_wait_ms > MAX_BATCH_WAIT_MS {
+        return Err(BenchError::Invalid(format!(
+            "--batch-wait-ms {} is more than {MAX_BATCH_WAIT_MS}, as engine.batch_wait_ms",
+            args.batch_wait_ms
+        )));
+    }
     let (pipeline, load) = args.load()?;
     let native = pipeline.native_resolution();
     let side = if args.size == 0 { native } else { args.size };
@@ -279,16 +292,11 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let device = pipeline.device();
     let precision = pipeline.precision_summary();
     drop(pipeline);
-    let mut backlog = Vec::new();
-    if args.backlog > 0 {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| BenchError::Invalid(format!("cannot start a runtime: {e}")))?;
-        for &max_batch in &args.max_batch {
-            backlog.push(runtime.block_on(drain_backlog(args, max_batch, side))?);
-        }
-    }
+    let backlog = if args.backlog > 0 {
+        backlog::run(args, side)?
+    } else {
+        Vec::new()
+    };
     Ok(BenchReport {
         model: args.model.clone(),
         device: format!("{device:?}"),
@@ -339,59 +347,6 @@ fn end_to_end(
 
 fn continue_always(_: usize, _: usize) -> StepControl {
     StepControl::Continue
-}
-
-/// Queues `args.backlog` jobs at once on an inference thread batching up to `max_batch`
-/// images and waits for every answer.
-async fn drain_backlog(
-    args: &BenchArgs,
-    max_batch: usize,
-    side: u32,
-) -> Result<BacklogFigures, BenchError> {
-    let (pipeline, _) = args.load()?;
-    let model = ModelInfo {
-        id: args.model.clone(),
-        weights_sha256: String::new(),
-    };
-    let engine = TchEngine::from_pipeline(pipeline, model);
-    let thread = InferenceThread::spawn_batching(
-        move || Ok(Box::new(engine) as Box<dyn Inference>),
-        BatchConfig {
-            max_batch,
-            ..BatchConfig::default()
-        },
-    )
-    .await?;
-    let steps = args.steps.max(1);
-    let drain = |jobs: usize| {
-        let thread = thread.clone();
-        async move {
-            let started = Instant::now();
-            let answers = (0..jobs as u32)
-                .map(|v| {
-                    let request = InferenceRequest {
-                        job_id: JobId::new_random(),
-                        spec: job(side, side, steps, v),
-                    };
-                    thread.queue(request, CancellationToken::new(), None, None)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            for answer in answers {
-                answer.wait().await?;
-            }
-            Ok::<_, BenchError>(started.elapsed())
-        }
-    };
-    // Untimed: one full batch first, so that per-shape kernel set-up (oneDNN, cuDNN) is not
-    // counted against either setting.
-    drain(max_batch).await?;
-    let seconds = drain(args.backlog).await?.as_secs_f64();
-    Ok(BacklogFigures {
-        max_batch,
-        jobs: args.backlog,
-        seconds,
-        jobs_per_s: args.backlog as f64 / seconds,
-    })
 }
 
 /// VmHWM of `/proc/self/status`, MiB.
@@ -450,18 +405,27 @@ impl BenchReport {
         if let Some(first) = self.backlog.first() {
             let _ = writeln!(
                 out,
-                "backlog of {} jobs through the inference thread:",
-                first.jobs
+                "backlog of {} jobs through the inference thread (best of {} interleaved runs):",
+                first.jobs,
+                first.runs.len()
             );
             for b in &self.backlog {
+                let runs: Vec<String> = b.runs.iter().map(|r| format!("{r:.2}")).collect();
+                let batches: Vec<String> = b.batches.iter().map(usize::to_string).collect();
                 let _ = writeln!(
                     out,
-                    "  max_batch {:>3}: {:>8.2} s, {:>8.3} jobs/s ({:.2}x max_batch {})",
+                    "  max_batch {:>3}: {:>8.2} s, {:>8.3} jobs/s ({:.2}x max_batch {}); runs {} s; batches {}",
                     b.max_batch,
                     b.seconds,
                     b.jobs_per_s,
                     b.jobs_per_s / first.jobs_per_s,
-                    first.max_batch
+                    first.max_batch,
+                    runs.join(", "),
+                    if b.max_batch <= 1 {
+                        format!("{} of 1", b.batches.len())
+                    } else {
+                        batches.join("+")
+                    }
                 );
             }
         }

@@ -30,6 +30,7 @@ pub use embedded_model::{
 
 mod embedded_model;
 mod validate;
+pub(crate) use validate::MAX_BATCH_WAIT_MS;
 
 /// Why a `[c2pa]` section is refused by a build without the `c2pa` cargo feature.
 pub const NO_C2PA_SUPPORT: &str =

@@ -10,7 +10,7 @@ use super::{C2paSettings, EngineBackend, Settings, SettingsError, invalid};
 /// The largest `engine.max_batch`: past this a UNet batch gains nothing on any GPU.
 const MAX_BATCH: usize = 64;
 /// The longest `engine.batch_wait_ms`.
-const MAX_BATCH_WAIT_MS: u64 = 10_000;
+pub(crate) const MAX_BATCH_WAIT_MS: u64 = 10_000;
 
 impl Settings {
     /// Checks values that serde cannot: ranges, non-empty lists, the chain policy. Returns the
