@@ -14,6 +14,9 @@ use inpaint_engine::pipeline::{InpaintPipeline, StepControl};
 use inpaint_engine::schedulers::SchedulerKind;
 use tch::{Kind, Tensor};
 
+mod pixels;
+use pixels::{PixelDiff, pixel_diff};
+
 fn model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/parity/fixtures/models/tiny-sd-a")
 }
@@ -308,14 +311,7 @@ fn fp16_variant_files_load_and_give_nearly_the_same_image() {
     let s = spec(Some(picture(32, 32)), Some(rect_mask(32, 32, 8, 8, 24, 24)));
     let a = go(&from_half, &s).expect("run").images.remove(0);
     let b = go(&pipeline(), &s).expect("run").images.remove(0);
-    let diffs: Vec<u8> = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .collect();
-    let max = diffs.iter().copied().max().unwrap_or(0);
-    let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
+    let PixelDiff { max, mean } = pixel_diff(&a, &b);
     println!("fp16-rounded weights vs fp32 weights: max |diff| = {max}, mean = {mean:.3}");
     // Only the weights' rounding to half precision differs; the images must stay close.
     assert!(mean < 1.0, "mean difference {mean}");
@@ -346,22 +342,12 @@ fn channels_last_and_vae_precision_keep_the_images() {
     .expect("load with a bf16 VAE");
     assert_eq!(bf16_vae.precision_summary(), "f32, VAE bf16");
     assert_eq!(nhwc.precision_summary(), "f32");
-    let compare = |a: &RgbImage, b: &RgbImage| {
-        let diffs: Vec<u8> = a
-            .as_raw()
-            .iter()
-            .zip(b.as_raw())
-            .map(|(x, y)| x.abs_diff(*y))
-            .collect();
-        let max = diffs.iter().copied().max().unwrap_or(0);
-        let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
-        (max, mean)
-    };
     for scheduler in SchedulerKind::ALL {
         let mut s = spec(Some(picture(32, 32)), Some(rect_mask(32, 32, 8, 8, 24, 24)));
         s.scheduler = scheduler;
         let reference = go(&dense, &s).expect("dense").images.remove(0);
-        let (max, mean) = compare(&reference, &go(&nhwc, &s).expect("nhwc").images.remove(0));
+        let PixelDiff { max, mean } =
+            pixel_diff(&reference, &go(&nhwc, &s).expect("nhwc").images.remove(0));
         println!("{scheduler}: channels-last vs dense: max {max}, mean {mean:.4}");
         // Values are identical; summation order inside a convolution may differ by float
         // rounding, which stays far below one level in 8-bit pixels.
@@ -369,7 +355,7 @@ fn channels_last_and_vae_precision_keep_the_images() {
             max <= 1 && mean < 0.05,
             "{scheduler}: channels-last max {max}, mean {mean}"
         );
-        let (max, mean) = compare(
+        let PixelDiff { max, mean } = pixel_diff(
             &reference,
             &go(&bf16_vae, &s).expect("bf16").images.remove(0),
         );

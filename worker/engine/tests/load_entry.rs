@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use inpaint_engine::model_folder::{LoadOptions, load_pipeline};
 
+mod pixels;
 mod tiny_sd_c;
-use tiny_sd_c::{first_image, max_channel_diff, request};
+use pixels::max_channel_diff;
+use tiny_sd_c::{first_image, request};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/parity/fixtures")

@@ -14,6 +14,9 @@ use inpaint_engine::pipeline::{
 use inpaint_engine::schedulers::SchedulerKind;
 use serde_json::Value;
 
+mod pixels;
+use pixels::max_channel_diff;
+
 const BOUND: u8 = 2;
 
 fn parity_dir() -> PathBuf {
@@ -61,16 +64,6 @@ fn request(dir: &Path, case: &Value, batch_noise: BatchNoise) -> InpaintRequest 
             .collect(),
         batch_noise,
     }
-}
-
-fn max_channel_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
 }
 
 fn run(pipeline: &InpaintPipeline, r: &InpaintRequest) -> Vec<image::RgbImage> {

@@ -17,8 +17,10 @@ use inpaint_engine::single_file::{
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+mod pixels;
 mod tiny_sd_c;
-use tiny_sd_c::{first_image, max_channel_diff, request};
+use pixels::max_channel_diff;
+use tiny_sd_c::{first_image, request};
 
 const BOUND: u8 = 2;
 

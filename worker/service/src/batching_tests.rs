@@ -198,6 +198,11 @@ fn batching(max_batch: usize) -> BatchConfig {
     }
 }
 
+/// `n` one-image requests of one shape, prompts "0", "1", ..., none cancelled.
+fn numbered(n: usize) -> Vec<(InferenceRequest, CancellationToken)> {
+    plain((0..n).map(|i| request(&i.to_string(), 16, 1)).collect())
+}
+
 fn plain(requests: Vec<InferenceRequest>) -> Vec<(InferenceRequest, CancellationToken)> {
     requests
         .into_iter()
@@ -259,11 +264,7 @@ async fn the_memory_budget_bounds_a_batch() {
         ..batching(8)
     };
     let bench = bench(config, usize::MAX, Some(100)).await;
-    let results = bench
-        .run_gated(plain(
-            (0..5).map(|i| request(&i.to_string(), 16, 1)).collect(),
-        ))
-        .await;
+    let results = bench.run_gated(numbered(5)).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(
         bench.batches(),
@@ -280,11 +281,7 @@ async fn the_free_device_memory_bounds_the_budget_too() {
     };
     // 90 % of 340 = 306: three images of 100.
     let bench = bench(config, usize::MAX, Some(100)).await;
-    let results = bench
-        .run_gated(plain(
-            (0..4).map(|i| request(&i.to_string(), 16, 1)).collect(),
-        ))
-        .await;
+    let results = bench.run_gated(numbered(4)).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(bench.batches(), vec![vec!["0", "1", "2"], vec!["3"]]);
 }
@@ -292,11 +289,7 @@ async fn the_free_device_memory_bounds_the_budget_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_out_of_memory_batch_is_split_and_every_job_succeeds() {
     let bench = bench(batching(8), 2, None).await;
-    let results = bench
-        .run_gated(plain(
-            (0..5).map(|i| request(&i.to_string(), 16, 1)).collect(),
-        ))
-        .await;
+    let results = bench.run_gated(numbered(5)).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(
         bench.batches(),

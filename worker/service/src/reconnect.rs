@@ -98,38 +98,65 @@ fn jittered(backoff: Duration, nonce: u64) -> Duration {
 mod tests {
     use super::*;
 
+    /// What the broker does with one session.
+    enum Session {
+        Refused,
+        /// Connects, stays up this long, then the connection is lost.
+        UpThenLost(Duration),
+        /// Connects; the worker then shuts down, which ends the loop.
+        UpUntilShutdown,
+    }
+
+    /// Runs the loop with `broker(n, since_start)` deciding session n (from 1); returns when each
+    /// session started, measured from the loop's start.
+    async fn session_starts(mut broker: impl FnMut(usize, Duration) -> Session) -> Vec<Duration> {
+        let stopping = CancellationToken::new();
+        let stop = stopping.clone();
+        let started = tokio::time::Instant::now();
+        let mut starts = Vec::new();
+        reconnecting(stopping, |_, link| {
+            let now = started.elapsed();
+            starts.push(now);
+            let session = broker(starts.len(), now);
+            let stop = stop.clone();
+            async move {
+                match session {
+                    Session::Refused => Err("connection refused"),
+                    Session::UpThenLost(up) => {
+                        link.connected();
+                        tokio::time::sleep(up).await;
+                        Err("connection reset by peer")
+                    }
+                    Session::UpUntilShutdown => {
+                        link.connected();
+                        stop.cancel();
+                        Ok(())
+                    }
+                }
+            }
+        })
+        .await;
+        starts
+    }
+
     /// Broker outages of every length from 0 to 120 s, starting at different points of the
     /// backoff: the worker is connected again within [`MAX_BACKOFF`] of the broker coming back,
     /// every wait is within (backoff/2, backoff], and a connected session resets the backoff.
     #[tokio::test(start_paused = true)]
     async fn reconnects_within_a_second_of_the_broker_coming_back() {
-        use std::sync::Mutex;
         for down_ms in (0..=120_000u64)
             .step_by(7_919)
             .chain([150, 999, 1_001, 12_000])
         {
-            let stopping = CancellationToken::new();
-            let started = tokio::time::Instant::now();
             let back_at = Duration::from_millis(down_ms);
-            let calls: Arc<Mutex<Vec<Duration>>> = Arc::default();
-            let record = Arc::clone(&calls);
-            let stop = stopping.clone();
-            reconnecting(stopping, move |_, link| {
-                let record = Arc::clone(&record);
-                let stop = stop.clone();
-                async move {
-                    let now = started.elapsed();
-                    record.lock().expect("lock").push(now);
-                    if now < back_at {
-                        return Err("connection refused");
-                    }
-                    link.connected();
-                    stop.cancel();
-                    Ok(())
+            let at = session_starts(|_, now| {
+                if now < back_at {
+                    Session::Refused
+                } else {
+                    Session::UpUntilShutdown
                 }
             })
             .await;
-            let at = calls.lock().expect("lock").clone();
             let last = *at.last().expect("a session");
             assert!(last >= back_at, "{down_ms}: {at:?}");
             assert!(
@@ -152,29 +179,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_outage_logs_one_warning_and_one_reconnection() {
         let (log, _guard) = crate::test_log::capture();
-        let stopping = CancellationToken::new();
-        let started = tokio::time::Instant::now();
-        let stop = stopping.clone();
-        let mut sessions = 0;
-        reconnecting(stopping, move |_, link| {
-            sessions += 1;
-            let stop = stop.clone();
-            async move {
-                match sessions {
-                    // Up for a minute, then the broker is away for 20 s.
-                    1 => {
-                        link.connected();
-                        tokio::time::sleep(Duration::from_secs(60)).await;
-                        Err("connection reset by peer")
-                    }
-                    _ if started.elapsed() < Duration::from_secs(80) => Err("connection refused"),
-                    _ => {
-                        link.connected();
-                        stop.cancel();
-                        Ok(())
-                    }
-                }
-            }
+        // Up for a minute, then the broker is away for 20 s.
+        session_starts(|n, now| match n {
+            1 => Session::UpThenLost(Duration::from_secs(60)),
+            _ if now < Duration::from_secs(80) => Session::Refused,
+            _ => Session::UpUntilShutdown,
         })
         .await;
         let warns = log.at("WARN");
@@ -188,38 +197,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connected_session_resets_the_backoff() {
-        use std::sync::Mutex;
-        let stopping = CancellationToken::new();
-        let started = tokio::time::Instant::now();
         // Sessions: refused ×5, connected for 10 s then lost, refused, then up for good.
-        let calls: Arc<Mutex<Vec<Duration>>> = Arc::default();
-        let record = Arc::clone(&calls);
-        let stop = stopping.clone();
-        reconnecting(stopping, move |_, link| {
-            let record = Arc::clone(&record);
-            let stop = stop.clone();
-            async move {
-                let n = {
-                    let mut calls = record.lock().expect("lock");
-                    calls.push(started.elapsed());
-                    calls.len()
-                };
-                match n {
-                    1..=5 | 7 => Err("connection refused"),
-                    6 => {
-                        link.connected();
-                        tokio::time::sleep(Duration::from_secs(10)).await;
-                        Err("connection reset")
-                    }
-                    _ => {
-                        stop.cancel();
-                        Ok(())
-                    }
-                }
-            }
+        let at = session_starts(|n, _| match n {
+            1..=5 | 7 => Session::Refused,
+            6 => Session::UpThenLost(Duration::from_secs(10)),
+            _ => Session::UpUntilShutdown,
         })
         .await;
-        let at = calls.lock().expect("lock").clone();
         let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
         assert_eq!(gaps.len(), 7, "{at:?}");
         // After the connected session: the first backoff again, not the cap.

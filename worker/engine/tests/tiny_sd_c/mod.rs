@@ -46,16 +46,6 @@ pub fn request(dir: &Path) -> (InpaintRequest, image::RgbImage) {
     (request, want)
 }
 
-pub fn max_channel_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
-}
-
 pub fn first_image(pipeline: &InpaintPipeline, r: &InpaintRequest) -> image::RgbImage {
     pipeline
         .run(r, &mut |_, _| StepControl::Continue)
