@@ -19,6 +19,10 @@
 # compare.txt, diffusers.json, channels-last.json, summary.txt.
 #
 # libtorch comes from the host's PyTorch (`torch/lib`, found through PYTHON, default python3).
+# The binary must be built against that version: `cargo build --locked --release -p inpaint-worker`
+# for PyTorch 2.13 (target/release/inpaint-worker), and for PyTorch 2.11
+# `ops/dev/libtorch-2.11.sh build --locked --release -p inpaint-worker`
+# (target/libtorch-2.11/target/release/inpaint-worker).
 # CPU dry run (what CI does, with the tiny model):
 #   CHECK_DEVICE=cpu CHECK_MODEL=embedded-tiny CHECK_SIZE=64 CHECK_STEPS=2 CHECK_BATCHES=1,2 \
 #     CHECK_PRECISIONS=f32,bf16 CHECK_COMPARE_PRECISION=bf16 ops/gpu/check.sh target/release/inpaint-worker
